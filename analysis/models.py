@@ -1,0 +1,463 @@
+"""Residual networks and their plain counterparts (He et al. 2015).
+
+`build_model` builds the ImageNet-style ResNets (18, 34, 50, 101, 152 layers) and the
+CIFAR-style ResNets (6n+2 layers), each either with shortcut connections (`residual=True`)
+or as the plain network with the same branch layers and no shortcuts (`residual=False`).
+Blocks expose their residual branch as `block.branch` and their shortcut as
+`block.shortcut`, and every ReLU is its own module, so forward hooks see each call apart.
+`summarize` reports weight layers, parameters and multiply-accumulates of a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = [
+    "IMAGENET_DEPTHS",
+    "BasicBlock",
+    "Bottleneck",
+    "ModelSummary",
+    "ResNet",
+    "ZeroPadShortcut",
+    "build_model",
+    "describe_valid_depths",
+    "summarize",
+    "valid_depth",
+]
+
+IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
+"""Depths of the ImageNet family; every other valid depth is 6n+2 (CIFAR family)."""
+
+SHORTCUTS = ("A", "B")
+NORMS = ("batch", "none")
+STEMS = ("cifar", "imagenet")
+
+# Blocks per stage for the ImageNet family (He et al. 2015, Table 1).
+_IMAGENET_LAYOUTS: dict[int, list[int]] = {
+    18: [2, 2, 2, 2],
+    34: [3, 4, 6, 3],
+    50: [3, 4, 6, 3],
+    101: [3, 4, 23, 3],
+    152: [3, 8, 36, 3],
+}
+
+NormLayer = Callable[[int], nn.Module]
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """3x3 convolution with padding and no bias."""
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """1x1 convolution with no bias."""
+    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+def _no_norm(num_features: int) -> nn.Module:
+    """Stand-in for a normalization layer when `norm='none'`."""
+    return nn.Identity()
+
+
+class ZeroPadShortcut(nn.Module):
+    """Parameter-free option-A shortcut: identity with spatial subsampling and zero channels.
+
+    Keeps every `stride`-th pixel (x[:, :, ::stride, ::stride]) and appends
+    `out_channels - in_channels` all-zero channels after the input's channels.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        if out_channels < in_channels:
+            raise ValueError(
+                f"out_channels must be >= in_channels ({in_channels}) for a zero-pad shortcut; "
+                f"got {out_channels}"
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.out_channels - self.in_channels))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
+
+
+def _make_shortcut(
+    in_planes: int, out_planes: int, stride: int, shortcut: str, norm_layer: NormLayer
+) -> nn.Module:
+    """Identity where shapes match, else option A (zero pad) or option B (1x1 projection + norm)."""
+    if stride == 1 and in_planes == out_planes:
+        return nn.Identity()
+    if shortcut == "A":
+        return ZeroPadShortcut(in_planes, out_planes, stride)
+    return nn.Sequential(conv1x1(in_planes, out_planes, stride), norm_layer(out_planes))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions; `relu(branch(x) + shortcut(x))`, or `relu(branch(x))` when plain."""
+
+    expansion: int = 1
+    num_convs: int = 2
+
+    def __init__(
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int = 1,
+        *,
+        residual: bool = True,
+        shortcut: str = "B",
+        norm_layer: NormLayer = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        out_planes = planes * self.expansion
+        self.branch = nn.Sequential(
+            conv3x3(in_planes, planes, stride),
+            norm_layer(planes),
+            nn.ReLU(),
+            conv3x3(planes, out_planes),
+            norm_layer(out_planes),
+        )
+        self.shortcut = (
+            _make_shortcut(in_planes, out_planes, stride, shortcut, norm_layer)
+            if residual
+            else None
+        )
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shortcut is None:
+            return self.relu(self.branch(x))
+        return self.relu(self.branch(x) + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (carrying the stride, as in torchvision v1.5), 1x1 expand by 4."""
+
+    expansion: int = 4
+    num_convs: int = 3
+
+    def __init__(
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int = 1,
+        *,
+        residual: bool = True,
+        shortcut: str = "B",
+        norm_layer: NormLayer = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        out_planes = planes * self.expansion
+        self.branch = nn.Sequential(
+            conv1x1(in_planes, planes),
+            norm_layer(planes),
+            nn.ReLU(),
+            conv3x3(planes, planes, stride),
+            norm_layer(planes),
+            nn.ReLU(),
+            conv1x1(planes, out_planes),
+            norm_layer(out_planes),
+        )
+        self.shortcut = (
+            _make_shortcut(in_planes, out_planes, stride, shortcut, norm_layer)
+            if residual
+            else None
+        )
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shortcut is None:
+            return self.relu(self.branch(x))
+        return self.relu(self.branch(x) + self.shortcut(x))
+
+
+Block = type[BasicBlock] | type[Bottleneck]
+
+
+def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        choices = ", ".join(repr(a) for a in allowed)
+        raise ValueError(f"{name} must be one of {choices}; got {value!r}")
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False; got {value!r}")
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    return int(value)
+
+
+class ResNet(nn.Module):
+    """Stem, stages of blocks, global average pool, linear classifier.
+
+    `layers` gives the number of blocks per stage and `widths` their planes; the first stage
+    has stride 1 and every later one halves the resolution. Four stages make the
+    ImageNet family, three the CIFAR family (`family`). `depth` counts the weight layers on
+    the main path: stem conv, branch convs and the classifier.
+    """
+
+    def __init__(
+        self,
+        block: Block,
+        layers: Sequence[int],
+        widths: Sequence[int],
+        *,
+        residual: bool = True,
+        shortcut: str = "B",
+        norm: str = "batch",
+        stem: str = "imagenet",
+        num_classes: int = 10,
+        in_channels: int = 3,
+        zero_init_residual: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_bool("residual", residual)
+        _check_choice("shortcut", shortcut, SHORTCUTS)
+        _check_choice("norm", norm, NORMS)
+        _check_choice("stem", stem, STEMS)
+        num_classes = _check_positive_int("num_classes", num_classes)
+        in_channels = _check_positive_int("in_channels", in_channels)
+        _check_bool("zero_init_residual", zero_init_residual)
+        if zero_init_residual and not residual:
+            raise ValueError(
+                "zero_init_residual=True needs residual=True: zeroing the last norm of each "
+                "branch of a plain network would zero the signal"
+            )
+        if zero_init_residual and norm != "batch":
+            raise ValueError(
+                "zero_init_residual=True needs norm='batch': it zeroes the last BatchNorm weight "
+                f"of each branch; got norm={norm!r}"
+            )
+        if len(layers) != len(widths) or not layers:
+            raise ValueError(
+                f"layers and widths must be non-empty and of equal length; got {layers}, {widths}"
+            )
+
+        self.depth = block.num_convs * sum(layers) + 2
+        self.residual = residual
+        self.family = "imagenet" if len(layers) == 4 else "cifar"
+        norm_layer: NormLayer = nn.BatchNorm2d if norm == "batch" else _no_norm
+
+        self.stem = self._make_stem(stem, in_channels, widths[0], norm_layer)
+        stages = []
+        in_planes = widths[0]
+        for i, (blocks, planes) in enumerate(zip(layers, widths)):
+            first_stride = 1 if i == 0 else 2
+            stage = []
+            for j in range(blocks):
+                stride = first_stride if j == 0 else 1
+                stage.append(
+                    block(
+                        in_planes,
+                        planes,
+                        stride,
+                        residual=residual,
+                        shortcut=shortcut,
+                        norm_layer=norm_layer,
+                    )
+                )
+                in_planes = planes * block.expansion
+            stages.append(nn.Sequential(*stage))
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_planes, num_classes)
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+        if zero_init_residual:
+            # Each residual block then starts as relu(shortcut(x)) (Goyal et al. 2017).
+            for m in self.modules():
+                if isinstance(m, (BasicBlock, Bottleneck)):
+                    nn.init.constant_(m.branch[-1].weight, 0)
+
+    @staticmethod
+    def _make_stem(stem: str, in_channels: int, width: int, norm_layer: NormLayer) -> nn.Sequential:
+        if stem == "cifar":
+            return nn.Sequential(conv3x3(in_channels, width), norm_layer(width), nn.ReLU())
+        return nn.Sequential(
+            nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False),
+            norm_layer(width),
+            nn.ReLU(),
+            nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.stages(x)
+        x = self.pool(x)
+        x = torch.flatten(x, 1)
+        return self.fc(x)
+
+
+def valid_depth(depth: Any) -> bool:
+    """True for an ImageNet depth (18, 34, 50, 101, 152) or a CIFAR depth 6n+2 with n >= 1."""
+    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral):
+        return False
+    return depth in IMAGENET_DEPTHS or (depth >= 8 and (depth - 2) % 6 == 0)
+
+
+def describe_valid_depths() -> str:
+    """Human-readable list of valid depths, for error messages."""
+    return "18, 34, 50, 101, 152, or 6n+2 (8, 14, 20, 32, 44, 56, 110, 1202, ...)"
+
+
+def build_model(
+    depth: int,
+    *,
+    residual: bool = True,
+    shortcut: str | None = None,
+    norm: str = "batch",
+    width: int | None = None,
+    stem: str | None = None,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    zero_init_residual: bool = False,
+) -> ResNet:
+    """Build a ResNet of `depth` weight layers, or its plain counterpart.
+
+    Families:
+        - depth in IMAGENET_DEPTHS (18, 34, 50, 101, 152): ImageNet family of He et al. 2015,
+          Table 1. Basic blocks for 18 and 34, bottleneck blocks for 50, 101, 152; stages of
+          [2,2,2,2], [3,4,6,3], [3,4,6,3], [3,4,23,3], [3,8,36,3] blocks with
+          width*[1, 2, 4, 8] planes. With the defaults and num_classes=1000 the parameter
+          counts equal torchvision's resnet18..resnet152.
+        - depth = 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, 1202, ...): CIFAR family,
+          three stages of n basic blocks with width*[1, 2, 4] planes and strides 1, 2, 2.
+          50 and 152 are also 6n+2; they build the ImageNet family.
+
+    Args:
+        depth: number of weight layers on the main path (convs + classifier).
+        residual: True adds the shortcut to each block; False builds the plain network with
+            exactly the same branch layers, blocks with `shortcut = None` and no projection
+            layers. With shortcut 'A' plain and residual nets have the same parameter count;
+            with 'B' the plain net lacks the projection convs and norms.
+        shortcut: 'A' parameter-free zero-pad identity (`ZeroPadShortcut`) or 'B' 1x1
+            projection conv + norm, each only where the shape changes, identity elsewhere.
+            Default (None): 'B' for the ImageNet family (as torchvision), 'A' for CIFAR.
+        norm: 'batch' (BatchNorm2d) or 'none' (nn.Identity in its place; convs stay
+            bias-free). Default 'batch'.
+        width: base width, also the stem's output channels. Default (None): 64 for the
+            ImageNet family, 16 for CIFAR.
+        stem: 'cifar' (3x3 stride-1 conv + norm + relu) or 'imagenet' (7x7 stride-2 conv +
+            norm + relu + 3x3 stride-2 max-pool). Default (None): the family's own stem.
+        num_classes: outputs of the final linear layer. Default 10.
+        in_channels: input image channels. Default 3.
+        zero_init_residual: set the last BatchNorm weight of every branch to 0 so each
+            block starts as relu(shortcut(x)). Needs residual=True and norm='batch'.
+            Default False.
+
+    Raises:
+        ValueError: an invalid depth (message lists the valid ones) or option value
+            (message names the argument and its allowed values).
+    """
+    if not valid_depth(depth):
+        raise ValueError(f"depth must be {describe_valid_depths()}; got {depth!r}")
+    depth = int(depth)
+    if shortcut is not None:
+        _check_choice("shortcut", shortcut, SHORTCUTS)
+    if stem is not None:
+        _check_choice("stem", stem, STEMS)
+    if width is not None:
+        width = _check_positive_int("width", width)
+
+    block: Block
+    if depth in IMAGENET_DEPTHS:
+        block = BasicBlock if depth < 50 else Bottleneck
+        layers = _IMAGENET_LAYOUTS[depth]
+        width = width or 64
+        widths = [width, 2 * width, 4 * width, 8 * width]
+        shortcut = shortcut or "B"
+        stem = stem or "imagenet"
+    else:
+        block = BasicBlock
+        layers = [(depth - 2) // 6] * 3
+        width = width or 16
+        widths = [width, 2 * width, 4 * width]
+        shortcut = shortcut or "A"
+        stem = stem or "cifar"
+
+    return ResNet(
+        block,
+        layers,
+        widths,
+        residual=residual,
+        shortcut=shortcut,
+        norm=norm,
+        stem=stem,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        zero_init_residual=zero_init_residual,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSummary:
+    """Size of a model: main-path weight layers, parameters, and compute for one input."""
+
+    layers: int
+    params: int
+    macs: int
+    flops: int
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+def _main_path_layers(model: nn.Module) -> int:
+    """Conv2d and Linear modules, not counting those inside the shortcut of a block."""
+    in_shortcut: set[int] = set()
+    for m in model.modules():
+        if isinstance(m, (BasicBlock, Bottleneck)) and m.shortcut is not None:
+            in_shortcut.update(id(s) for s in m.shortcut.modules())
+    return sum(
+        1
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in in_shortcut
+    )
+
+
+def summarize(model: nn.Module, input_size: Sequence[int] = (3, 32, 32)) -> ModelSummary:
+    """Count main-path weight layers, parameters, and FLOPs/MACs for one (C, H, W) input.
+
+    FLOPs come from `torch.utils.flop_counter.FlopCounterMode` on a batch of 1 in eval mode
+    (convolutions and matrix products; norms, activations and pooling count 0); MACs are
+    FLOPs // 2. The input follows the model's device and dtype, so a model on the 'meta'
+    device is summarized without computing anything. Training modes are restored afterwards.
+    """
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None else torch.float32
+    x = torch.zeros(1, *input_size, device=device, dtype=dtype)
+
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model(x)
+    finally:
+        for m, training in modes:
+            m.training = training
+    flops = int(counter.get_total_flops())
+    params = sum(p.numel() for p in model.parameters())
+    layers = _main_path_layers(model)
+    return ModelSummary(layers=layers, params=params, macs=flops // 2, flops=flops)

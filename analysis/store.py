@@ -1,0 +1,247 @@
+"""Run folders on disk: atomic writes, run records, and loading many runs.
+
+A run lives in ``<root>/<run_id>/``:
+
+- ``config.json``: the run record: ``run_id``, ``config`` (every TrainConfig
+  field), ``status`` (``running|complete|failed|diverged``), ``error``,
+  ``diverged_step``, ``steps_completed``, ``device``, ``model`` (summary),
+  ``versions`` (python, torch, torchvision), ``git_commit``, ``start_time``
+  and ``end_time`` (ISO 8601, UTC).
+- ``metrics.parquet``: tidy long metrics with columns ``step, split, metric, value``.
+- ``stats.parquet/``: per-layer hook statistics (a folder of Parquet parts).
+
+Every file is written to a temporary file in the same folder and renamed into
+place, so a run killed at any moment leaves no truncated file; its status then
+stays ``running``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+STATUSES = ("running", "complete", "failed", "diverged")
+FINISHED = ("complete", "diverged")
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.parquet"
+STATS_DIR = "stats.parquet"
+METRIC_COLUMNS = ("step", "split", "metric", "value")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write text (UTF-8) atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_parquet_atomic(df: pd.DataFrame, path: str | Path) -> None:
+    """Write a DataFrame to Parquet (pyarrow) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, engine="pyarrow", index=False)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def utc_now() -> str:
+    """The current time as an ISO 8601 UTC string."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def environment_versions() -> dict[str, str]:
+    """Versions of Python, torch and torchvision."""
+    import torch
+    import torchvision
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
+
+
+def git_commit(directory: str | Path | None = None) -> str | None:
+    """The commit checked out where this package lives, or None outside a git repo."""
+    directory = Path(directory) if directory else Path(__file__).resolve().parent
+    try:
+        result = subprocess.run(["git", "-C", str(directory), "rev-parse", "HEAD"],
+                                capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if result.returncode != 0:
+        return None
+    return result.stdout.strip() or None
+
+
+class RunDir:
+    """One run's folder and its record (``config.json``)."""
+
+    def __init__(self, root: str | Path, run_id: str):
+        self.root = Path(root)
+        self.run_id = run_id
+        self.path = self.root / run_id
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def stats_path(self) -> Path:
+        return self.path / STATS_DIR
+
+    def exists(self) -> bool:
+        return self.config_path.exists()
+
+    def record(self) -> dict[str, Any]:
+        """The run record as stored."""
+        return json.loads(self.config_path.read_text())
+
+    def status(self) -> str | None:
+        """The stored status, or None when there is no readable record."""
+        try:
+            return self.record().get("status")
+        except (OSError, ValueError):
+            return None
+
+    def start(self, config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        """Begin a fresh run: clear old outputs and write a ``running`` record."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.metrics_path.unlink(missing_ok=True)
+        if self.stats_path.is_dir():
+            for part in self.stats_path.iterdir():
+                part.unlink()
+        record = {
+            "run_id": self.run_id,
+            "config": config,
+            "status": "running",
+            "error": None,
+            "diverged_step": None,
+            "steps_completed": 0,
+            "versions": environment_versions(),
+            "git_commit": git_commit(),
+            "start_time": utc_now(),
+            "end_time": None,
+            **extra,
+        }
+        atomic_write_json(self.config_path, record)
+        return record
+
+    def update(self, **fields: Any) -> dict[str, Any]:
+        """Change fields of the record (read, modify, atomic rewrite)."""
+        if "status" in fields and fields["status"] not in STATUSES:
+            raise ValueError(f"status: {fields['status']!r} is not one of {', '.join(STATUSES)}")
+        record = {**self.record(), **fields}
+        atomic_write_json(self.config_path, record)
+        return record
+
+    def write_metrics(self, rows: list[tuple[int, str, str, float]]) -> None:
+        """Replace ``metrics.parquet`` with these (step, split, metric, value) rows."""
+        write_parquet_atomic(metrics_frame(rows), self.metrics_path)
+
+    def read_metrics(self) -> pd.DataFrame:
+        if not self.metrics_path.exists():
+            return metrics_frame([])
+        return pd.read_parquet(self.metrics_path)
+
+
+def metrics_frame(rows: list[tuple[int, str, str, float]]) -> pd.DataFrame:
+    """A tidy metrics DataFrame with stable dtypes, also when empty."""
+    df = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
+    return df.astype({"step": "int64", "split": "string", "metric": "string", "value": "float64"})
+
+
+def run_dirs(root: str | Path) -> list[Path]:
+    """Folders under ``root`` that hold a run record, sorted by name."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p.parent for p in root.glob(f"*/{CONFIG_FILE}"))
+
+
+def _flat_record(record: dict[str, Any]) -> dict[str, Any]:
+    """One flat row: the run's bookkeeping plus its config fields."""
+    row = {key: record.get(key) for key in
+           ("run_id", "status", "error", "diverged_step", "steps_completed", "device", "start_time", "end_time")}
+    for key, value in (record.get("model") or {}).items():
+        row[f"model_{key}"] = value
+    for key, value in record["config"].items():
+        row[key] = tuple(value) if isinstance(value, list) else value
+    return row
+
+
+def list_runs(root: str | Path) -> pd.DataFrame:
+    """One row per run under ``root``: status, error, summary and config fields.
+
+    Unreadable records are reported as rows with status ``unreadable`` and the
+    reason in ``error``, never raised.
+    """
+    rows = []
+    for path in run_dirs(root):
+        try:
+            rows.append({**_flat_record(json.loads((path / CONFIG_FILE).read_text())), "path": str(path)})
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            rows.append({"run_id": path.name, "status": "unreadable", "error": f"{type(exc).__name__}: {exc}",
+                         "path": str(path)})
+    return pd.DataFrame(rows)
+
+
+def load_runs(root: str | Path) -> pd.DataFrame:
+    """Every run's metrics under ``root`` in one tidy DataFrame, config columns joined.
+
+    Columns: ``run_id, step, split, metric, value`` followed by the run's
+    status and config fields. Runs whose files cannot be read are skipped with
+    a warning and listed in ``df.attrs["unreadable"]`` (run id -> reason).
+    """
+    frames, unreadable = [], {}
+    for path in run_dirs(root):
+        try:
+            record = _flat_record(json.loads((path / CONFIG_FILE).read_text()))
+            metrics_path = path / METRICS_FILE
+            metrics = pd.read_parquet(metrics_path) if metrics_path.exists() else metrics_frame([])
+        except Exception as exc:  # any unreadable file is reported, not fatal
+            unreadable[path.name] = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"skipping unreadable run {path}: {unreadable[path.name]}", stacklevel=2)
+            continue
+        metrics.insert(0, "run_id", record["run_id"])
+        for key, value in record.items():
+            if key != "run_id":
+                metrics[key] = [value] * len(metrics)
+        frames.append(metrics)
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", *METRIC_COLUMNS])
+    df.attrs["unreadable"] = unreadable
+    return df
