@@ -1,0 +1,89 @@
+import json
+import os
+
+import pandas as pd
+import pytest
+
+from analysis import store
+from analysis.store import RunDir, atomic_write_json, list_runs, load_runs, write_parquet_atomic
+
+
+def test_atomic_write_leaves_old_file_when_interrupted(tmp_path, monkeypatch):
+    path = tmp_path / "config.json"
+    atomic_write_json(path, {"status": "running"})
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies between writing the temp file and the rename
+
+    monkeypatch.setattr(store.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_json(path, {"status": "complete", "big": "x" * 100_000})
+    assert json.loads(path.read_text()) == {"status": "running"}
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+def test_interrupted_parquet_write_keeps_previous_table(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.parquet"
+    first = store.metrics_frame([(1, "train", "loss", 2.0)])
+    write_parquet_atomic(first, path)
+    original_replace = os.replace
+    monkeypatch.setattr(store.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk gone")))
+    with pytest.raises(OSError):
+        write_parquet_atomic(store.metrics_frame([(2, "train", "loss", 1.0)] * 1000), path)
+    monkeypatch.setattr(store.os, "replace", original_replace)
+    pd.testing.assert_frame_equal(pd.read_parquet(path), first)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.parquet"]
+
+
+def test_run_record_lifecycle(tmp_path):
+    run = RunDir(tmp_path, "d20-residual-s0-abc")
+    record = run.start({"depth": 20, "milestones": []}, device="cpu")
+    assert record["status"] == "running" and record["end_time"] is None
+    assert set(record["versions"]) == {"python", "torch", "torchvision"}
+    run.write_metrics([(1, "train", "loss", 2.5), (1, "train", "accuracy", 0.1)])
+    run.update(status="complete", steps_completed=1)
+    assert run.status() == "complete"
+    with pytest.raises(ValueError, match="status"):
+        run.update(status="done")
+    metrics = run.read_metrics()
+    assert list(metrics.columns) == ["step", "split", "metric", "value"]
+    assert metrics["value"].tolist() == [2.5, 0.1]
+
+
+def test_start_clears_outputs_of_an_earlier_attempt(tmp_path):
+    run = RunDir(tmp_path, "r")
+    run.start({"depth": 20})
+    run.write_metrics([(1, "train", "loss", 1.0)])
+    run.stats_path.mkdir()
+    (run.stats_path / "part-000000.parquet").write_bytes(b"old")
+    run.start({"depth": 20})
+    assert not run.metrics_path.exists()
+    assert list(run.stats_path.iterdir()) == []
+
+
+def test_load_runs_joins_config_and_reports_unreadable(tmp_path):
+    for run_id, depth, loss in (("a", 20, 1.5), ("b", 56, 2.5)):
+        run = RunDir(tmp_path, run_id)
+        run.start({"depth": depth, "residual": True, "milestones": [3]})
+        run.write_metrics([(1, "train", "loss", loss)])
+        run.update(status="complete")
+    broken = tmp_path / "c"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    with pytest.warns(UserWarning, match="unreadable run"):
+        df = load_runs(tmp_path)
+    assert sorted(df["run_id"]) == ["a", "b"]
+    assert df.set_index("run_id").loc["b", "depth"] == 56
+    assert df.set_index("run_id").loc["a", "value"] == 1.5
+    assert (df["status"] == "complete").all()
+    assert set(df.attrs["unreadable"]) == {"c"}
+
+    runs = list_runs(tmp_path).set_index("run_id")
+    assert runs.loc["c", "status"] == "unreadable"
+    assert "JSONDecodeError" in runs.loc["c", "error"]
+    assert runs.loc["a", "milestones"] == (3,)
+
+
+def test_load_runs_of_missing_folder_is_empty(tmp_path):
+    df = load_runs(tmp_path / "nothing")
+    assert df.empty and "run_id" in df.columns

@@ -1,0 +1,122 @@
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from analysis.config import TrainConfig
+from analysis.store import RunDir
+from analysis.train import Callback, lr_factor, train
+
+TINY = dict(depth=8, width=4, batch_size=16, steps=6, val_every=3, val_batches=2, stats_every=0, device="cpu")
+
+
+def _series(result, split, metric):
+    m = result.metrics
+    return m[(m["split"] == split) & (m["metric"] == metric)].set_index("step")["value"]
+
+
+def test_run_writes_record_and_tidy_metrics(tmp_path):
+    result = train(TrainConfig(**TINY), root=tmp_path, progress=False)
+    assert result.status == "complete" and not result.skipped
+    record = RunDir(tmp_path, result.run_id).record()
+    assert record["status"] == "complete" and record["error"] is None
+    assert record["steps_completed"] == 6 and record["end_time"] >= record["start_time"]
+    assert record["config"]["depth"] == 8 and record["device"] == "cpu"
+    assert record["model"]["layers"] == 8 and record["model"]["params"] > 0
+    metrics = pd.read_parquet(result.path / "metrics.parquet")
+    assert list(metrics.columns) == ["step", "split", "metric", "value"]
+    assert sorted(_series(result, "train", "loss").index) == [1, 2, 3, 4, 5, 6]
+    assert sorted(_series(result, "val", "accuracy").index) == [3, 6]
+    assert _series(result, "train", "time").is_monotonic_increasing
+    accuracy = _series(result, "train", "accuracy")
+    assert ((accuracy >= 0) & (accuracy <= 1)).all()
+
+
+def test_same_seed_same_loss_curve_and_complete_run_is_skipped(tmp_path):
+    config = TrainConfig(**TINY)
+    first = train(config, root=tmp_path / "a", progress=False)
+    second = train(config, root=tmp_path / "b", progress=False)
+    pd.testing.assert_series_equal(_series(first, "train", "loss"), _series(second, "train", "loss"))
+    other_seed = train(config.replace(seed=1), root=tmp_path / "a", progress=False)
+    assert not _series(first, "train", "loss").equals(_series(other_seed, "train", "loss"))
+    again = train(config, root=tmp_path / "a", progress=False)
+    assert again.skipped and again.status == "complete"
+    pd.testing.assert_frame_equal(again.metrics, first.metrics)
+
+
+def test_resnet20_loss_falls_on_synthetic(tmp_path):
+    config = TrainConfig(depth=20, batch_size=32, steps=40, lr=0.05, val_every=40, val_batches=4,
+                         stats_every=0, device="cpu", schedule="constant")
+    loss = _series(train(config, root=tmp_path, progress=False), "train", "loss")
+    assert loss.iloc[-10:].mean() < 0.85 * loss.iloc[:5].mean()
+
+
+def test_learning_rate_schedules():
+    warm = TrainConfig(lr=1.0, steps=10, warmup_steps=4, schedule="constant")
+    assert [lr_factor(warm, s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    step = TrainConfig(lr=1.0, steps=10, schedule="step", milestones=(3, 6), gamma=0.5)
+    assert [lr_factor(step, s) for s in range(8)] == [1, 1, 1, 0.5, 0.5, 0.5, 0.25, 0.25]
+    cosine = TrainConfig(lr=1.0, steps=5, schedule="cosine", min_lr=0.2)
+    factors = [lr_factor(cosine, s) for s in range(5)]
+    expected = [0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * s / 4)) for s in range(5)]
+    assert factors == pytest.approx(expected)
+    assert factors[0] == 1.0 and factors[-1] == pytest.approx(0.2)
+
+
+def test_recorded_lr_follows_schedule(tmp_path):
+    config = TrainConfig(**{**TINY, "lr": 0.1, "schedule": "step", "milestones": (3,), "gamma": 0.1})
+    lr = _series(train(config, root=tmp_path, progress=False), "train", "lr")
+    assert lr.tolist() == pytest.approx([0.1, 0.1, 0.1, 0.01, 0.01, 0.01])
+
+
+def test_non_finite_loss_marks_run_diverged_and_keeps_data(tmp_path):
+    config = TrainConfig(**{**TINY, "norm": "none", "lr": 1e6, "schedule": "constant", "steps": 30})
+    result = train(config, root=tmp_path, progress=False)
+    assert result.status == "diverged"
+    record = RunDir(tmp_path, result.run_id).record()
+    assert record["status"] == "diverged" and record["diverged_step"] == result.diverged_step
+    loss = _series(result, "train", "loss")
+    assert loss.index.max() == result.diverged_step
+    assert not math.isfinite(loss.iloc[-1]) and math.isfinite(loss.iloc[0])
+
+
+class _Boom(Callback):
+    def __init__(self):
+        self.ended = False
+
+    def on_step_end(self, run):
+        if run.step == 2:
+            raise RuntimeError("exploded at step 2")
+
+    def on_train_end(self, run):
+        self.ended = True
+
+
+def test_exception_marks_run_failed_with_error_and_keeps_metrics(tmp_path):
+    boom = _Boom()
+    with pytest.raises(RuntimeError, match="exploded"):
+        train(TrainConfig(**TINY), root=tmp_path, progress=False, callbacks=[boom])
+    assert boom.ended
+    run = RunDir(tmp_path, TrainConfig(**TINY).run_id())
+    record = run.record()
+    assert record["status"] == "failed"
+    assert record["error"] == "RuntimeError: exploded at step 2"
+    assert sorted(run.read_metrics()["step"].unique()) == [1, 2]
+    # a failed run is not skipped: the next call trains it again
+    assert train(TrainConfig(**TINY), root=tmp_path, progress=False).status == "complete"
+
+
+def test_invalid_config_fails_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="optimizer"):
+        train(TrainConfig(**{**TINY, "optimizer": "sgdd"}), root=tmp_path)
+    assert not tmp_path.exists() or list(tmp_path.iterdir()) == []
+
+
+def test_stats_are_written_beside_metrics(tmp_path):
+    from analysis.hooks import read_stats
+
+    result = train(TrainConfig(**{**TINY, "stats_every": 3}), root=tmp_path, progress=False)
+    stats = read_stats(result.path / "stats.parquet")
+    assert {"activation", "param_grad", "update"} <= set(stats["kind"])
+    assert stats["step"].nunique() >= 2
