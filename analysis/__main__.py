@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
     for name, module in COMMANDS.items():
         sub = commands.add_parser(name, help=module.__doc__.strip().splitlines()[0],
-                                  description=module.__doc__)
+                                  description=module.__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(sub)
     args = parser.parse_args(argv)
     return COMMANDS[args.command].run(args)

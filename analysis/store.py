@@ -36,12 +36,23 @@ STATS_DIR = "stats.parquet"
 METRIC_COLUMNS = ("step", "split", "metric", "value")
 
 
+def _default_file_mode() -> int:
+    """rw for everyone the umask allows, as open() would give (mkstemp gives 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _default_file_mode()
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -69,6 +80,7 @@ def write_parquet_atomic(df: pd.DataFrame, path: str | Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, _FILE_MODE)
         df.to_parquet(tmp, engine="pyarrow", index=False)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())

@@ -87,3 +87,12 @@ def test_load_runs_joins_config_and_reports_unreadable(tmp_path):
 def test_load_runs_of_missing_folder_is_empty(tmp_path):
     df = load_runs(tmp_path / "nothing")
     assert df.empty and "run_id" in df.columns
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    atomic_write_json(tmp_path / "a.json", {})
+    write_parquet_atomic(store.metrics_frame([]), tmp_path / "m.parquet")
+    for name in ("a.json", "m.parquet"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask

@@ -1,0 +1,558 @@
+"""Run the depth-study notebook over a grid of depths and settings.
+
+Each point of the grid (depths x variants x ``--set`` values) is one papermill
+execution of ``notebooks/depth_study.ipynb`` with YAML-typed parameters, a
+pinned kernel and a per-cell timeout. A point lives in
+``<runs_dir>/studies/<study_id>/``: the executed ``depth_study.ipynb`` (kept
+also when it failed, with the error in it), papermill's log
+``papermill.log``, and ``study.json`` with the status (``pending``,
+``running``, ``complete`` or ``failed``), the error, the run ids the notebook
+writes, the start and end times and the worker that ran it.
+
+Re-running a sweep skips the points that completed and retries the others; a
+failed point (an exception, a killed kernel, a cell timeout) is recorded and
+never stops the rest. Example::
+
+    python -m analysis sweep --depths 20 56 110 --variants residual plain --set optimizer=sgd,adam
+
+Points run in parallel local worker processes by default (one papermill
+process, and its kernel, per point), splitting the cores between them. With
+``--scheduler tcp://HOST:PORT`` they run as tasks on an existing Dask
+distributed cluster instead (``dask scheduler`` on one machine, ``dask worker
+tcp://HOST:PORT --nworkers 1 --nthreads K`` on each, K points at a time).
+There ``runs_dir`` and the notebook must be on a filesystem every worker
+shares, at the same path, and each worker needs this package (and papermill
+with a ``python3`` kernel) installed.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import pandas as pd
+import yaml
+
+from analysis import study
+from analysis.store import atomic_write_json, utc_now
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_NOTEBOOK = REPO_ROOT / "notebooks" / "depth_study.ipynb"
+STUDIES_DIR = "studies"
+STUDY_FILE = "study.json"
+NOTEBOOK_FILE = "depth_study.ipynb"
+LOG_FILE = "papermill.log"
+STATUSES = ("pending", "running", "complete", "failed")
+VARIANTS = ("residual", "plain", "both")
+GRID_PARAMETERS = ("depth", "variants")  # come from --depths and --variants
+SWEEP_PARAMETERS = ("runs_dir", "threads")  # set by the sweep itself, left out of the study id
+DEFAULT_CELL_TIMEOUT = 3600
+KERNEL = "python3"
+ERROR_TAIL_LINES = 5
+POLL_SECONDS = 0.5
+KILL_GRACE_SECONDS = 5.0
+EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+RECORD_COLUMNS = ("study_id", "status", "error", "depth", "variants")
+TRAILING_COLUMNS = ("notebook", "run_ids", "start_time", "end_time", "worker")
+
+
+def study_id(parameters: Mapping[str, Any]) -> str:
+    """``d{depth}-{variants}-`` and a hash of the parameters (runs_dir and threads left out)."""
+    payload = {key: value for key, value in parameters.items() if key not in SWEEP_PARAMETERS}
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()[:10]
+    return f"d{parameters['depth']}-{parameters['variants']}-{digest}"
+
+
+@dataclass(frozen=True)
+class Point:
+    """One notebook execution: a depth, the variants it trains, and its other parameters."""
+
+    depth: int
+    variants: str = "both"
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The notebook parameters of this point (without runs_dir and threads)."""
+        return {**self.settings, "depth": self.depth, "variants": self.variants}
+
+    @property
+    def study_id(self) -> str:
+        return study_id(self.parameters)
+
+
+def variants_parameter(variants: Iterable[str]) -> str:
+    """The notebook's ``variants`` value: 'both' when residual and plain are both asked for."""
+    chosen = set(variants)
+    unknown = sorted(chosen - set(VARIANTS))
+    if unknown or not chosen:
+        raise ValueError(f"variants: {unknown or 'nothing'} given; choose from {', '.join(VARIANTS)}")
+    if "both" in chosen or {"residual", "plain"} <= chosen:
+        return "both"
+    return chosen.pop()
+
+
+def expand_grid(depths: Iterable[int], variants: Iterable[str] = ("residual", "plain"),
+                settings: Mapping[str, Any] | None = None) -> list[Point]:
+    """Every point of depths x settings values (Cartesian product), validated before any work.
+
+    ``settings`` maps a notebook parameter to its list of values (a
+    list-valued parameter such as milestones takes a list of lists);
+    parameters not given keep the notebook defaults. Each point holds every
+    parameter as :func:`analysis.study.validate_parameters` normalises it
+    (``lr=1`` becomes 1.0), so its study id pins every value and an explicit
+    default names the same study as none. Raises ValueError naming the bad field.
+    """
+    depths = list(dict.fromkeys(depths))
+    if not depths:
+        raise ValueError("depths: give at least one depth")
+    variant = variants_parameter(variants)
+    settings = dict(settings or {})
+    for key in settings:
+        if key in GRID_PARAMETERS:
+            raise ValueError(f"{key}: set it with --{key}s, not --set" if key == "depth"
+                             else f"{key}: set it with --{key}, not --set")
+        if key in SWEEP_PARAMETERS:
+            raise ValueError(f"{key}: set by the sweep; use --{key.replace('_', '-')}")
+        if key not in study.PARAMETERS:
+            raise ValueError(f"{key}: not a notebook parameter; known parameters: {', '.join(study.PARAMETERS)}")
+    grid = {key: list(value) if isinstance(value, (list, tuple)) else [value] for key, value in settings.items()}
+    for key, values in grid.items():
+        if not values:
+            raise ValueError(f"{key}: give at least one value")
+    points: dict[str, Point] = {}
+    for depth in depths:
+        for combination in itertools.product(*grid.values()):
+            checked = study.validate_parameters({**dict(zip(grid, combination)), "depth": depth, "variants": variant})
+            point = Point(depth=depth, variants=variant,
+                          settings={key: value for key, value in checked.to_dict().items()
+                                    if key not in GRID_PARAMETERS + SWEEP_PARAMETERS})
+            points.setdefault(point.study_id, point)
+    return list(points.values())
+
+
+def parse_values(text: str) -> list[Any]:
+    """``'0.1,0.01'`` -> ``[0.1, 0.01]``: comma-separated YAML scalars (commas inside [] or quotes kept)."""
+    values, nesting, quote, start = [], 0, "", 0
+    for i, char in enumerate(text + ","):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{":
+            nesting += 1
+        elif char in "]}":
+            nesting -= 1
+        elif char == "," and nesting == 0:
+            values.append(parse_scalar(text[start:i]))
+            start = i + 1
+    return values
+
+
+def parse_scalar(text: str) -> Any:
+    """A YAML value, read as Python would: ``1e-3`` (a string to YAML 1.1) is a float, ``None`` is None."""
+    value = yaml.safe_load(text)
+    if value == "None":
+        return None
+    if isinstance(value, str) and EXPONENT_FLOAT.fullmatch(value):
+        return float(value)
+    return value
+
+
+def parse_settings(items: Iterable[str]) -> dict[str, list[Any]]:
+    """``['optimizer=sgd,adam', 'lr=0.1']`` -> ``{'optimizer': ['sgd', 'adam'], 'lr': [0.1]}``."""
+    settings: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not values.strip():
+            raise ValueError(f"--set: expected KEY=VALUE[,VALUE...], got {item!r}")
+        if key in settings:
+            raise ValueError(f"--set: {key} given twice; list its values once, comma-separated")
+        settings[key] = parse_values(values)
+    return settings
+
+
+def study_folder(runs_dir: str | Path, identifier: str) -> Path:
+    """``<runs_dir>/studies/<study_id>``."""
+    return Path(runs_dir) / STUDIES_DIR / identifier
+
+
+def read_study(folder: str | Path) -> dict[str, Any] | None:
+    """The study record in ``folder``, or None when missing or unreadable."""
+    try:
+        return json.loads((Path(folder) / STUDY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_complete(folder: str | Path) -> bool:
+    """True when the record says complete and the executed notebook is there."""
+    record = read_study(folder)
+    return bool(record) and record.get("status") == "complete" and (Path(folder) / NOTEBOOK_FILE).exists()
+
+
+def run_ids_for(parameters: Mapping[str, Any]) -> list[str]:
+    """The run folders a notebook execution writes; none for parameters the notebook rejects."""
+    try:
+        return study.run_ids_for(study.validate_parameters(parameters))
+    except ValueError:
+        return []
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def default_workers(points: int, cores: int | None = None) -> int:
+    """Parallel points: one per two cores (each a torch process), at most one per point."""
+    return max(1, min(points, (cores or available_cores()) // 2))
+
+
+def execute_point(point: Point, *, runs_dir: str | Path, notebook: str | Path, threads: int,
+                  kernel: str = KERNEL, cell_timeout: int | None = DEFAULT_CELL_TIMEOUT,
+                  worker: str | None = None, cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Execute one point with papermill in a subprocess; write and return its study record.
+
+    The executed notebook goes to a temporary name in the study folder and is
+    renamed to ``depth_study.ipynb`` when papermill returns, whatever the
+    outcome. ``cancelled`` is polled while papermill runs; when it returns True
+    the process group (papermill and its kernel) is stopped.
+    """
+    runs_dir = Path(runs_dir)
+    folder = study_folder(runs_dir, point.study_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / NOTEBOOK_FILE
+    final.unlink(missing_ok=True)
+    partial = folder / f".{uuid.uuid4().hex}.{NOTEBOOK_FILE}"
+    parameters = {**point.parameters, "runs_dir": str(runs_dir), "threads": threads}
+    command = [sys.executable, "-m", "papermill", str(notebook), str(partial),
+               "-y", yaml.safe_dump(parameters), "-k", kernel, "--cwd", str(REPO_ROOT),
+               "--no-progress-bar", "--no-log-output"]
+    if cell_timeout:
+        command += ["--execution-timeout", str(int(cell_timeout))]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "OMP_WAIT_POLICY": "PASSIVE"}
+    record = {"study_id": point.study_id, "parameters": parameters, "status": "running", "error": None,
+              "run_ids": run_ids_for(parameters), "start_time": utc_now(), "end_time": None,
+              "worker": worker, "source_notebook": str(notebook)}
+    with open(folder / LOG_FILE, "wb") as log:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   env=env, start_new_session=True)
+        try:
+            record["worker"] = worker or f"{socket.gethostname()}/{process.pid}"
+            atomic_write_json(folder / STUDY_FILE, record)
+            interrupted = _wait(process, cancelled)
+        finally:
+            _stop(process)
+    if partial.exists():
+        os.replace(partial, final)
+    if process.returncode == 0 and final.exists():
+        status, error = "complete", None
+    else:
+        log_text = (folder / LOG_FILE).read_text(errors="replace")
+        status = "failed"
+        error = "interrupted" if interrupted else failure_reason(process.returncode, log_text, final, cell_timeout)
+    record.update(status=status, error=error, end_time=utc_now())
+    atomic_write_json(folder / STUDY_FILE, record)
+    return record
+
+
+def _wait(process: subprocess.Popen, cancelled: Callable[[], bool] | None) -> bool:
+    """Wait for the process; True when it was cancelled instead."""
+    while True:
+        try:
+            process.wait(timeout=POLL_SECONDS)
+            return False
+        except subprocess.TimeoutExpired:
+            if cancelled is not None and cancelled():
+                return True
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """End the process group (papermill and its kernel) unless it already exited."""
+    if process.poll() is not None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=KILL_GRACE_SECONDS)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def failure_reason(returncode: int | None, log_text: str, notebook: Path, cell_timeout: int | None) -> str:
+    """A one-line reason: kernel death, cell timeout, the notebook's error, or papermill's last lines."""
+    if "DeadKernelError" in log_text:
+        return "kernel died"
+    if "CellTimeoutError" in log_text or "Cell execution timed out" in log_text:
+        return f"timeout after {cell_timeout} s"
+    error = notebook_error(notebook)
+    if error:
+        return error
+    lines = [line for line in log_text.splitlines() if line.strip()]
+    return "\n".join(lines[-ERROR_TAIL_LINES:]) or f"papermill exited with status {returncode}"
+
+
+def notebook_error(path: Path) -> str | None:
+    """``ename: evalue`` of the first error output in an executed notebook."""
+    try:
+        cells = json.loads(path.read_text())["cells"]
+    except (OSError, ValueError, KeyError):
+        return None
+    for cell in cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                return f"{output.get('ename')}: {output.get('evalue')}"
+    return None
+
+
+class Progress:
+    """Points done, running and failed: a tqdm bar on a terminal, nothing otherwise."""
+
+    def __init__(self, total: int, *, done: int = 0, enabled: bool | None = None):
+        from tqdm.auto import tqdm
+
+        enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.offset = done
+        self.bar = tqdm(total=total, initial=done, unit="point", desc="sweep", disable=not enabled,
+                        file=sys.stderr)
+
+    def __call__(self, done: int, running: int, failed: int) -> None:
+        """Show ``done`` points finished in this sweep (on top of those skipped), ``running``, ``failed``."""
+        self.bar.n = self.offset + done
+        self.bar.set_postfix(running=running, failed=failed, refresh=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_sweep(points: Sequence[Point], *, runs_dir: str | Path = "runs", notebook: str | Path = DEFAULT_NOTEBOOK,
+              workers: int | None = None, scheduler: str | None = None, threads: int | None = None,
+              kernel: str = KERNEL, cell_timeout: int | None = DEFAULT_CELL_TIMEOUT,
+              progress: bool | None = None) -> pd.DataFrame:
+    """Execute every point not yet complete; one row per point with its status and error.
+
+    ``workers`` parallel local executions (default: one per two cores), each
+    with ``threads`` = cores // workers torch threads unless given; or, with
+    ``scheduler`` (``tcp://HOST:PORT``), Dask tasks on that cluster, each with
+    its worker's cores // nthreads unless ``threads`` is given. ``progress``:
+    None shows a bar only on a terminal. Points are taken as given (see
+    :func:`expand_grid` for validation).
+    """
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers: must be an integer >= 1, got {workers!r}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads: must be an integer >= 1, got {threads!r}")
+    if cell_timeout is not None and cell_timeout < 0:
+        raise ValueError(f"cell_timeout: must be seconds >= 0 (0 or None: no limit), got {cell_timeout!r}")
+    if scheduler is not None and workers is not None:
+        raise ValueError("workers: not used with scheduler (the cluster's workers run the points)")
+    runs_dir, notebook = Path(runs_dir).resolve(), Path(notebook).resolve()
+    if not notebook.is_file():
+        raise ValueError(f"notebook: {notebook} does not exist")
+    unique = {point.study_id: point for point in points}
+    todo = [point for point in unique.values() if not is_complete(study_folder(runs_dir, point.study_id))]
+    options = dict(runs_dir=runs_dir, notebook=notebook, kernel=kernel, cell_timeout=cell_timeout)
+    bar = Progress(len(unique), done=len(unique) - len(todo), enabled=progress)
+    try:
+        if not todo:
+            outcomes = {}
+        elif scheduler is None:
+            workers = workers or default_workers(len(todo))
+            threads = threads or max(1, available_cores() // workers)
+            outcomes = _run_local(todo, workers=workers, threads=threads, report=bar, **options)
+        else:
+            outcomes = _run_dask(todo, scheduler=scheduler, threads=threads, report=bar, **options)
+    finally:
+        bar.close()
+    rows = []
+    for point in points:
+        folder = study_folder(runs_dir, point.study_id)
+        record = outcomes.get(point.study_id) or read_study(folder)
+        rows.append({**study_row(record, folder), "skipped": point.study_id not in outcomes})
+    return pd.DataFrame(rows)
+
+
+def _mark_pending(points: Sequence[Point], runs_dir: Path, notebook: Path) -> None:
+    """Write a ``pending`` record for each point about to be queued."""
+    for point in points:
+        atomic_write_json(study_folder(runs_dir, point.study_id) / STUDY_FILE,
+                          {"study_id": point.study_id, "parameters": point.parameters, "status": "pending",
+                           "error": None, "run_ids": [], "start_time": None, "end_time": None, "worker": None,
+                           "source_notebook": str(notebook)})
+
+
+def _run_local(points: Sequence[Point], *, workers: int, report: Callable[[int, int, int], None],
+               **options: Any) -> dict[str, dict]:
+    """Points on a local pool; each pool thread drives one papermill process."""
+    _mark_pending(points, options["runs_dir"], options["notebook"])
+    stop = threading.Event()
+    outcomes: dict[str, dict] = {}
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sweep")
+    futures: dict[Future, Point] = {
+        pool.submit(execute_point, point, cancelled=stop.is_set, **options): point for point in points}
+    try:
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            for future in done:
+                point = futures[future]
+                outcomes[point.study_id] = (_task_failed(point, options["runs_dir"], future.exception())
+                                            if future.exception() else future.result())
+            failed = sum(record["status"] == "failed" for record in outcomes.values())
+            report(len(outcomes), sum(future.running() for future in pending), failed)
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return outcomes
+
+
+def _execute_on_dask_worker(point: Point, *, threads: int | None, **options: Any) -> dict[str, Any]:
+    """A Dask task: run the point on this worker with its share of the host's cores."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    threads = threads or max(1, available_cores() // worker.state.nthreads)
+    return execute_point(point, threads=threads, worker=worker.address, **options)
+
+
+def _run_dask(points: Sequence[Point], *, scheduler: str, threads: int | None,
+              report: Callable[[int, int, int], None], **options: Any) -> dict[str, dict]:
+    """Points as tasks on an existing Dask cluster; the study records are written by the workers."""
+    from distributed import Client, as_completed
+
+    outcomes: dict[str, dict] = {}
+    try:
+        client = Client(scheduler)
+    except OSError as exc:
+        raise ConnectionError(f"scheduler: cannot reach {scheduler}: {exc}") from None
+    with client:
+        _mark_pending(points, options["runs_dir"], options["notebook"])
+        futures = {client.submit(_execute_on_dask_worker, point, threads=threads, pure=False, **options): point
+                   for point in points}
+        slots = max(1, sum(client.nthreads().values()))
+        report(0, min(slots, len(points)), 0)
+        try:
+            for future in as_completed(futures):
+                point = futures[future]
+                if future.status == "finished":
+                    outcomes[point.study_id] = future.result()
+                else:
+                    outcomes[point.study_id] = _task_failed(point, options["runs_dir"], future.exception())
+                failed = sum(record["status"] == "failed" for record in outcomes.values())
+                report(len(outcomes), min(slots, len(points) - len(outcomes)), failed)
+        except BaseException:
+            client.cancel(list(futures))
+            raise
+    return outcomes
+
+
+def _task_failed(point: Point, runs_dir: Path, exc: BaseException | None) -> dict[str, Any]:
+    """Record a point whose task itself raised (its Dask worker was lost, a full disk, ...)."""
+    folder = study_folder(runs_dir, point.study_id)
+    record = read_study(folder) or {"study_id": point.study_id, "parameters": point.parameters, "run_ids": [],
+                                    "start_time": None, "worker": None}
+    record.update(status="failed", error=f"{type(exc).__name__}: {exc}", end_time=utc_now())
+    atomic_write_json(folder / STUDY_FILE, record)
+    return record
+
+
+def study_row(record: Mapping[str, Any] | None, folder: Path) -> dict[str, Any]:
+    """One flat row: bookkeeping, then the parameters, then the notebook path and run ids."""
+    if record is None:
+        return {**dict.fromkeys((*RECORD_COLUMNS, *TRAILING_COLUMNS)), "study_id": folder.name,
+                "status": "unreadable", "error": f"no readable {STUDY_FILE} in {folder}", "run_ids": []}
+    parameters = dict(record.get("parameters") or {})
+    notebook = folder / NOTEBOOK_FILE
+    return {
+        "study_id": record.get("study_id", folder.name),
+        "status": record.get("status"),
+        "error": record.get("error"),
+        "depth": parameters.pop("depth", None),
+        "variants": parameters.pop("variants", None),
+        **{key: tuple(value) if isinstance(value, list) else value for key, value in parameters.items()},
+        "notebook": str(notebook) if notebook.exists() else None,
+        "run_ids": list(record.get("run_ids") or []),
+        "start_time": record.get("start_time"),
+        "end_time": record.get("end_time"),
+        "worker": record.get("worker"),
+    }
+
+
+def list_studies(runs_dir: str | Path) -> pd.DataFrame:
+    """One row per study under ``<runs_dir>/studies``: status, error, parameters, notebook path, run ids.
+
+    Unreadable records give rows with status ``unreadable`` and the reason in ``error``.
+    """
+    root = Path(runs_dir) / STUDIES_DIR
+    folders = sorted(path for path in root.iterdir() if path.is_dir()) if root.is_dir() else []
+    rows = [study_row(read_study(folder), folder) for folder in folders]
+    return pd.DataFrame(rows, columns=None if rows else [*RECORD_COLUMNS, *TRAILING_COLUMNS])
+
+
+def summary_line(results: pd.DataFrame, runs_dir: str | Path) -> str:
+    """``sweep: 4 points: 3 complete (2 skipped), 1 failed; studies in runs/studies``."""
+    complete = int((results["status"] == "complete").sum())
+    skipped = int((results["skipped"] & (results["status"] == "complete")).sum())
+    failed = len(results) - complete
+    points = f"{len(results)} point" + ("" if len(results) == 1 else "s")
+    return (f"sweep: {points}: {complete} complete ({skipped} skipped), {failed} failed; "
+            f"studies in {Path(runs_dir) / STUDIES_DIR}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--depths", type=int, nargs="+", required=True, help="network depths, one point each")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["residual", "plain"],
+                        help="residual, plain or both (default: both, trained side by side in one notebook)")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=V1[,V2...]",
+                        help="a notebook parameter and its values (YAML scalars); repeat for a grid")
+    parser.add_argument("--notebook", type=Path, default=DEFAULT_NOTEBOOK,
+                        help="notebook to execute (default: notebooks/depth_study.ipynb of this package)")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="runs and studies folder (default: runs)")
+    parser.add_argument("--workers", type=int, default=None, help="parallel local points (default: cores // 2)")
+    parser.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                        help="run the points on this Dask scheduler's workers instead")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per point (default: cores // workers)")
+    parser.add_argument("--kernel", default=KERNEL, help=f"Jupyter kernel name (default: {KERNEL})")
+    parser.add_argument("--cell-timeout", type=int, default=DEFAULT_CELL_TIMEOUT,
+                        help=f"seconds per notebook cell, 0 for no limit (default: {DEFAULT_CELL_TIMEOUT})")
+
+
+def run(args: argparse.Namespace) -> int:
+    """The command: exit status 0 if every point completed, 1 if any failed, 2 on bad input or no scheduler."""
+    try:
+        points = expand_grid(args.depths, args.variants, parse_settings(args.settings))
+        results = run_sweep(points, runs_dir=args.runs_dir, notebook=args.notebook, workers=args.workers,
+                            scheduler=args.scheduler, threads=args.threads, kernel=args.kernel,
+                            cell_timeout=args.cell_timeout)
+    except (ValueError, ConnectionError) as exc:
+        print(f"sweep: error: {exc}", file=sys.stderr)
+        return 2
+    print(summary_line(results, args.runs_dir))
+    for row in results[results["status"] != "complete"].itertuples():
+        print(f"failed {row.study_id}: {row.error}", file=sys.stderr)
+    return 0 if (results["status"] == "complete").all() else 1

@@ -1,0 +1,72 @@
+"""Open the generated reports in a real headless Chromium: no errors, no failed requests, every image drawn."""
+import os
+import shutil
+
+import pytest
+
+from analysis import report, sweep
+
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run"]
+STUDY_SETTINGS = {"steps": [4], "width": [4], "batch_size": [8], "val_every": [2], "val_batches": [1],
+                  "stats_every": [2], "warmup_steps": [0], "device": ["cpu"]}
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium to drive (install it with `make browser`, "
+                                                          "or point CHROMIUM at a Chromium binary)")
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    """One real sweep point (the depth-study notebook at depth 8, tiny) compiled into reports."""
+    runs_dir = tmp_path_factory.mktemp("runs")
+    results = sweep.run_sweep(sweep.expand_grid([8], ["both"], STUDY_SETTINGS), runs_dir=runs_dir, workers=1,
+                              threads=1, progress=False)
+    assert list(results["status"]) == ["complete"], results["error"].tolist()
+    out = tmp_path_factory.mktemp("reports")
+    report.build_reports(runs_dir, out)
+    return out, results["study_id"].iloc[0]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.mark.parametrize("page_path, min_images", [
+    ("index.html", 0),
+    ("summary.html", 3),
+    ("studies/{study_id}.html", 5),
+])
+def test_page_loads_without_errors_and_images_render(browser, reports, page_path, min_images):
+    out, study_id = reports
+    page = browser.new_page()
+    problems = []
+    page.on("console", lambda message: message.type == "error" and problems.append(f"console: {message.text}"))
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on("requestfailed", lambda request: problems.append(f"failed request: {request.url}"))
+    page.on("request", lambda request: request.url.startswith(("file:", "data:"))
+            or problems.append(f"network request: {request.url}"))
+    page.goto((out / page_path.format(study_id=study_id)).as_uri(), wait_until="load")
+    images = page.evaluate("Array.from(document.images, img => [img.complete, img.naturalWidth])")
+    page.close()
+    assert problems == []
+    assert len(images) >= min_images
+    assert all(complete and width > 0 for complete, width in images), images
+
+
+def test_index_links_open(browser, reports):
+    out, study_id = reports
+    page = browser.new_page()
+    page.goto((out / "index.html").as_uri(), wait_until="load")
+    hrefs = page.eval_on_selector_all("a", "links => links.map(a => a.href)")
+    assert any(href.endswith("/summary.html") for href in hrefs)
+    assert any(href.endswith(f"/studies/{study_id}.html") for href in hrefs)
+    page.click(f"#study-{study_id} a")
+    page.wait_for_load_state("load")
+    assert page.url.endswith(f"/studies/{study_id}.html") and page.title() == study_id
+    page.close()

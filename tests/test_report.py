@@ -1,0 +1,225 @@
+import argparse
+import json
+
+import nbformat
+import pandas as pd
+import pytest
+from bs4 import BeautifulSoup
+
+from analysis import report, summary, sweep
+from analysis.config import TrainConfig
+from analysis.train import Callback, train
+
+TINY = dict(width=4, steps=4, batch_size=8, val_batches=1, val_every=2, stats_every=2, device="cpu", threads=1)
+FAILED_STUDY_ERROR = 'PapermillExecutionError: <script>alert("x")</script> & co'
+FAILED_RUN_ERROR = "RuntimeError: out of <b>memory</b> & time"
+CODE_MARKER = "validate_parameters"
+STUDY_SETTINGS = {"steps": [4], "width": [4], "batch_size": [8], "val_every": [2], "val_batches": [1],
+                  "stats_every": [2], "warmup_steps": [0], "device": ["cpu"]}
+FAILED_STUDY = "d14-plain-broken"
+
+
+class FailAtStep(Callback):
+    def on_step_end(self, run):
+        if run.step == 2:
+            raise RuntimeError("out of <b>memory</b> & time")
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    """One real sweep point (the depth-study notebook at depth 8, tiny), two more runs, one failed, one failed study."""
+    root = tmp_path_factory.mktemp("runs")
+    results = sweep.run_sweep(sweep.expand_grid([8], ["both"], STUDY_SETTINGS), runs_dir=root, workers=1,
+                              threads=1, progress=False)
+    assert list(results["status"]) == ["complete"], results["error"].tolist()
+    train(TrainConfig(depth=14, residual=False, **TINY), root=root, progress=False)
+    with pytest.raises(RuntimeError):
+        train(TrainConfig(depth=14, residual=True, **TINY), root=root, progress=False, callbacks=[FailAtStep()])
+    broken = root / "studies" / FAILED_STUDY
+    broken.mkdir()
+    (broken / "study.json").write_text(json.dumps({
+        "study_id": FAILED_STUDY, "parameters": {"depth": 14, "variants": "plain"}, "status": "failed",
+        "error": FAILED_STUDY_ERROR, "run_ids": []}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def study(runs_dir):
+    """The sweep point's study id and its executed notebook."""
+    folder = next(path for path in (runs_dir / "studies").iterdir() if path.name != FAILED_STUDY)
+    return folder.name, nbformat.read(folder / "depth_study.ipynb", as_version=4)
+
+
+@pytest.fixture(scope="module")
+def reports(runs_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reports")
+    assert report.build_reports(runs_dir, out) == out / "index.html"
+    return out
+
+
+def soup(path):
+    return BeautifulSoup(path.read_text(), "html.parser")
+
+
+def direct_final_numbers(run_path):
+    """Final train loss/accuracy (mean of the last TRAIN_WINDOW steps) and last val accuracy, from the parquet."""
+    metrics = pd.read_parquet(run_path / "metrics.parquet").sort_values("step")
+
+    def values(split, metric):
+        return metrics[(metrics["split"] == split) & (metrics["metric"] == metric)]["value"]
+
+    val_accuracy = values("val", "accuracy")
+    return (values("train", "loss").iloc[-summary.TRAIN_WINDOW:].mean(),
+            values("train", "accuracy").iloc[-summary.TRAIN_WINDOW:].mean(),
+            val_accuracy.iloc[-1] if len(val_accuracy) else float("nan"))
+
+
+def test_index_lists_every_run_with_its_numbers(runs_dir, reports):
+    page = soup(reports / "index.html")
+    header = [th.get_text() for th in page.find(id="run-" + next(runs_dir.glob("d8-*")).name)
+              .find_parent("table").find_all("th")]
+    run_paths = sorted(path.parent for path in runs_dir.glob("*/config.json"))
+    assert len(run_paths) == 4
+    for path in run_paths:
+        record = json.loads((path / "config.json").read_text())
+        cells = dict(zip(header, (td.get_text() for td in page.find(id=f"run-{record['run_id']}").find_all("td"))))
+        loss, accuracy, val_accuracy = direct_final_numbers(path)
+        assert cells["status"] == record["status"]
+        assert cells["depth"] == str(record["config"]["depth"])
+        assert cells["final train loss"] == f"{loss:.4f}"
+        assert cells["final train accuracy"] == f"{accuracy:.4f}"
+        assert cells["final val accuracy"] == (f"{val_accuracy:.4f}" if record["status"] == "complete" else "nan")
+        assert cells["error"] == (record["error"] or "")
+    failed = page.find(id=lambda value: value and value.startswith("run-d14-residual"))
+    assert "bad" in failed["class"] and failed.find("pre").get_text() == FAILED_RUN_ERROR
+    assert "out of &lt;b&gt;memory&lt;/b&gt; &amp; time" in (reports / "index.html").read_text()
+
+
+def test_index_links_summary_and_studies_and_shows_failed_study(reports, study):
+    study_id, _ = study
+    text = (reports / "index.html").read_text()
+    page = BeautifulSoup(text, "html.parser")
+    links = {a["href"] for a in page.find_all("a")}
+    assert {"summary.html", f"studies/{study_id}.html"} <= links
+    assert all((reports / href).is_file() for href in links)
+    row = page.find(id=f"study-{study_id}")
+    assert row.find("a")["href"] == f"studies/{study_id}.html" and "bad" not in row.get("class", [])
+    assert [td.get_text() for td in row.find_all("td")][1:4] == ["complete", "8", "both"]
+    for variant in ("residual", "plain"):
+        run = page.find(id=lambda value: value and value.startswith(f"run-d8-{variant}"))
+        assert run.find("a", href=f"studies/{study_id}.html").get_text() == study_id
+    failed = page.find(id=f"study-{FAILED_STUDY}")
+    assert "bad" in failed["class"] and failed.find("a") is None
+    assert failed.find("pre").get_text() == FAILED_STUDY_ERROR
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; co" in text
+    assert page.find("script") is None
+
+
+def assert_self_contained(path, *, images):
+    page = soup(path)
+    assert not page.find_all("script", src=True) and not page.find_all("link", href=True)
+    for tag in page.find_all(["img", "iframe", "embed", "source", "video", "audio", "object", "input"]):
+        for attribute in ("src", "href", "data", "srcset"):
+            assert not str(tag.get(attribute, "")).startswith(("http:", "https:", "//")), (path, tag.name)
+    sources = [img["src"] for img in page.find_all("img")]
+    assert len(sources) == images
+    assert all(src.startswith("data:image/png;base64,") for src in sources)
+    assert "cdnjs" not in path.read_text()
+
+
+def png_count(notebook):
+    return sum("image/png" in output.get("data", {}) for cell in notebook.cells for output in cell.get("outputs", []))
+
+
+def test_pages_are_self_contained_with_embedded_images(reports, study):
+    study_id, notebook = study
+    assert png_count(notebook) >= 5
+    assert_self_contained(reports / "studies" / f"{study_id}.html", images=png_count(notebook))
+    assert_self_contained(reports / "summary.html", images=3)
+    assert_self_contained(reports / "index.html", images=0)
+    assert sorted(path.name for path in reports.rglob("*") if path.is_file()) == \
+        sorted(["index.html", "summary.html", "summary.ipynb", f"{study_id}.html"])
+
+
+def test_summary_notebook_ran_over_every_run(runs_dir, reports):
+    executed = nbformat.read(reports / "summary.ipynb", as_version=4)
+    assert executed.metadata.papermill.parameters == {"runs_dir": str(runs_dir.resolve())}
+    outputs = [output for cell in executed.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [output for output in outputs if output.output_type == "error"]
+    assert png_count(executed) == 3
+    table = outputs[-1]["data"]["text/html"]
+    assert all(path.parent.name in table for path in runs_dir.glob("*/config.json"))
+
+
+def test_code_hidden_by_default_and_shown_with_show_code(runs_dir, reports, study, tmp_path):
+    study_id, executed = study
+    hidden = (reports / "studies" / f"{study_id}.html").read_text()
+    assert CODE_MARKER not in hidden
+    assert BeautifulSoup(hidden, "html.parser").find(class_="jp-InputArea-editor") is None
+    parser = argparse.ArgumentParser()
+    report.add_arguments(parser)
+    notebook = runs_dir / "studies" / study_id / "depth_study.ipynb"
+    empty = tmp_path / "no-runs"
+    empty.mkdir()
+    assert report.run(parser.parse_args([str(empty), str(notebook), "--out", str(tmp_path / "out"),
+                                         "--show-code"])) == 0
+    shown = (tmp_path / "out" / "studies" / "depth_study.html").read_text()
+    assert CODE_MARKER in shown
+    code_cells = sum(cell.cell_type == "code" for cell in executed.cells)
+    assert len(BeautifulSoup(shown, "html.parser").find_all(class_="jp-InputArea-editor")) == code_cells
+    assert_self_contained(tmp_path / "out" / "studies" / "depth_study.html", images=png_count(executed))
+    index = soup(tmp_path / "out" / "index.html")
+    assert index.find(id="study-depth_study").find("a")["href"] == "studies/depth_study.html"
+    assert "No summary: no runs found." in index.get_text()
+
+
+def test_runs_folder_is_found_from_notebook_parameters(runs_dir, study, monkeypatch, tmp_path):
+    notebook = runs_dir / "studies" / study[0] / "depth_study.ipynb"
+    assert report.runs_dir_of([notebook]).resolve() == runs_dir.resolve()
+    monkeypatch.chdir(tmp_path)
+    assert report.runs_dir_of([tmp_path / "missing.ipynb"]) is None
+
+
+def test_failed_and_unreadable_notebooks_are_reported(runs_dir, tmp_path):
+    broken = tmp_path / "broken.ipynb"
+    broken.write_text("{not json")
+    failing = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 / 0")])
+    failing.cells[0].outputs = [nbformat.v4.new_output("error", ename="ZeroDivisionError", evalue="division by zero",
+                                                       traceback=[])]
+    nbformat.write(failing, tmp_path / "failing.ipynb")
+    index = report.build_reports(None, tmp_path / "out", studies=[broken, tmp_path / "failing.ipynb"])
+    page = soup(index)
+    unreadable = page.find(id="study-broken")
+    assert unreadable.find(class_="status").get_text() == "unreadable" and unreadable.find("a") is None
+    assert unreadable.find("pre").get_text().startswith("NotJSONError: Notebook does not appear to be JSON")
+    failed = page.find(id="study-failing")
+    assert failed.find(class_="status").get_text() == "failed"
+    assert failed.find("pre").get_text() == "ZeroDivisionError: division by zero"
+    assert failed.find("a")["href"] == "studies/failing.html"
+    assert page.find(string=lambda text: text and "Runs (" in text) is None
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="runs_dir"):
+        report.build_reports(None, tmp_path)
+    with pytest.raises(ValueError, match="runs_dir: .* is not a folder"):
+        report.build_reports(tmp_path / "missing", tmp_path)
+    parser = argparse.ArgumentParser()
+    report.add_arguments(parser)
+    with pytest.raises(SystemExit, match="paths"):
+        report.run(parser.parse_args([str(tmp_path / "missing"), "--out", str(tmp_path / "out")]))
+
+
+def test_format_number():
+    assert report.format_number(0.123456) == "0.1235"
+    assert report.format_number(float("nan")) == "nan" and report.format_number(float("inf")) == "inf"
+    assert report.format_number(None) == "" and report.format_number(pd.NA) == ""
+
+
+def test_summary_failure_is_shown_in_the_index(runs_dir, tmp_path):
+    with pytest.warns(UserWarning, match="the summary notebook failed"):
+        index = report.build_reports(runs_dir, tmp_path, kernel="no-such-kernel")
+    page = soup(index)
+    assert "<img" not in (tmp_path / "summary.html").read_text()
+    assert "Summary failed:" in page.get_text() and "no-such-kernel" in page.find("pre", class_="error").get_text()
+    assert not [path for path in tmp_path.rglob(".*")]

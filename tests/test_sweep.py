@@ -1,0 +1,282 @@
+"""Sweeps: grid expansion and validation, local and Dask execution, failures, re-runs."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis import study, sweep
+from analysis.config import TrainConfig
+from analysis.store import RunDir
+
+FIXTURE = Path(__file__).parent / "fixtures" / "sweep_probe.ipynb"
+TINY = {"width": 4, "steps": 3, "batch_size": 8, "image_size": 16, "val_every": 3, "val_batches": 1,
+        "warmup_steps": 0, "stats_every": 1}
+
+
+def probe(behaviour: str, depth: int = 8) -> sweep.Point:
+    """A point of the probe notebook, which logs its execution and then behaves as asked."""
+    return sweep.Point(depth=depth, variants="both", settings={"behaviour": behaviour})
+
+
+def executions(runs_dir: Path) -> list[dict]:
+    path = runs_dir / "executions.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def record(runs_dir: Path, point: sweep.Point) -> dict:
+    return json.loads((sweep.study_folder(runs_dir, point.study_id) / sweep.STUDY_FILE).read_text())
+
+
+# ---------------------------------------------------------------------------- grid
+
+
+def test_expand_grid_is_the_product_with_defaults_filled():
+    points = sweep.expand_grid([20, 56], ["residual", "plain"], {"optimizer": ["sgd", "adam"], "lr": [0.1, 0.01]})
+    assert len(points) == 2 * 2 * 2
+    combos = {(p.depth, p.settings["optimizer"], p.settings["lr"]) for p in points}
+    assert combos == {(d, o, lr) for d in (20, 56) for o in ("sgd", "adam") for lr in (0.1, 0.01)}
+    defaults = {k: v for k, v in study.parameter_defaults().items()
+                if k not in ("depth", "variants", "runs_dir", "threads")}
+    for point in points:
+        assert point.variants == "both"
+        assert point.parameters == {**defaults, "optimizer": point.settings["optimizer"],
+                                    "lr": point.settings["lr"], "depth": point.depth, "variants": "both"}
+        assert point.study_id.startswith(f"d{point.depth}-both-")
+    assert len({p.study_id for p in points}) == len(points)
+
+
+def test_one_variant_and_duplicates():
+    points = sweep.expand_grid([20, 20, 8], ["plain"])
+    assert [(p.depth, p.variants) for p in points] == [(20, "plain"), (8, "plain")]
+    assert sweep.expand_grid([8], ["residual"])[0].variants == "residual"
+    assert sweep.expand_grid([8], ["both"])[0].variants == "both"
+    # An explicit default, or an int for a float, names the same study as leaving it out.
+    assert sweep.expand_grid([8], ["plain"], {"seed": [0], "momentum": [0.9]}) == sweep.expand_grid([8], ["plain"])
+    assert sweep.expand_grid([8], ["plain"], {"lr": [1]}) == sweep.expand_grid([8], ["plain"], {"lr": [1.0]})
+    assert sweep.expand_grid([8], ["plain"], {"lr": [1]})[0].settings["lr"] == 1.0
+
+
+def test_study_id_hashes_parameters_without_runs_dir_and_threads():
+    point = sweep.Point(depth=8, variants="plain", settings={"lr": 0.1})
+    digest = hashlib.sha256(json.dumps({"depth": 8, "lr": 0.1, "variants": "plain"}, sort_keys=True).encode())
+    assert point.study_id == f"d8-plain-{digest.hexdigest()[:10]}"
+    assert sweep.study_id({**point.parameters, "runs_dir": "/x", "threads": 3}) == point.study_id
+    assert replace(point, settings={"lr": 0.2}).study_id != point.study_id
+
+
+def test_settings_are_yaml_scalars():
+    assert sweep.parse_settings(["lr=0.1,0.01", "optimizer=sgd,adam", "steps=3", "width=None,8",
+                                 "weight_decay=1e-4", "milestones=[10, 20],[30]", "nesterov=true"]) == {
+        "lr": [0.1, 0.01], "optimizer": ["sgd", "adam"], "steps": [3], "width": [None, 8],
+        "weight_decay": [1e-4], "milestones": [[10, 20], [30]], "nesterov": [True]}
+
+
+@pytest.mark.parametrize("settings, field", [
+    ({"dpeth": [3]}, "dpeth"),
+    ({"optimizer": ["sgd", "rmsprop"]}, "optimizer"),
+    ({"lr": [-1.0]}, "lr"),
+    ({"runs_dir": ["elsewhere"]}, "runs_dir"),
+    ({"threads": [2]}, "threads"),
+    ({"depth": [8]}, "depth"),
+    ({"steps": []}, "steps"),
+])
+def test_grid_errors_name_the_field(settings, field):
+    with pytest.raises(ValueError, match=field):
+        sweep.expand_grid([8], ["residual"], settings)
+
+
+def test_bad_depths_and_variants():
+    with pytest.raises(ValueError, match="depth"):
+        sweep.expand_grid([7], ["residual"])
+    with pytest.raises(ValueError, match="depths"):
+        sweep.expand_grid([], ["residual"])
+    with pytest.raises(ValueError, match="variants.*residual, plain, both"):
+        sweep.expand_grid([8], ["resnet"])
+    for bad in (["lr"], ["=1"], ["lr="], ["lr=1", "lr=2"]):
+        with pytest.raises(ValueError, match="--set"):
+            sweep.parse_settings(bad)
+
+
+def test_list_studies_of_nothing(tmp_path):
+    studies = sweep.list_studies(tmp_path)
+    assert studies.empty
+    assert {"study_id", "status", "error", "depth", "variants", "notebook", "run_ids"} <= set(studies.columns)
+
+
+# ---------------------------------------------------------------------------- local execution
+
+
+def test_failure_is_recorded_and_rerun_retries_only_it(tmp_path, capsys):
+    ok, bad = probe("ok"), probe("raise")
+    results = sweep.run_sweep([ok, bad], runs_dir=tmp_path, notebook=FIXTURE, workers=2, cell_timeout=60)
+    assert capsys.readouterr() == ("", "")  # no terminal, no progress bar
+    assert list(results["study_id"]) == [ok.study_id, bad.study_id]
+    assert list(results["status"]) == ["complete", "failed"]
+    assert pd.isna(results["error"].iloc[0])
+    assert results["error"].iloc[1] == "RuntimeError: asked to fail at depth 8"
+    assert not results["skipped"].any()
+    # Two workers on this machine's cores: each point got its share, in the notebook and in OpenMP.
+    threads = max(1, sweep.available_cores() // 2)
+    for run in executions(tmp_path):
+        assert (run["threads"], run["omp"], run["cwd"]) == (threads, str(threads), str(sweep.REPO_ROOT))
+    for point, status in ((ok, "complete"), (bad, "failed")):
+        folder = sweep.study_folder(tmp_path, point.study_id)
+        assert sorted(p.name for p in folder.iterdir()) == ["depth_study.ipynb", "papermill.log", "study.json"]
+        stored = record(tmp_path, point)
+        assert stored["status"] == status
+        assert stored["parameters"] == {**point.parameters, "runs_dir": str(tmp_path), "threads": threads}
+        assert stored["start_time"] <= stored["end_time"]
+        assert stored["worker"].startswith(socket.gethostname() + "/")
+    # The failed notebook is kept, with the error in it.
+    assert "asked to fail" in (sweep.study_folder(tmp_path, bad.study_id) / "depth_study.ipynb").read_text()
+
+    first = record(tmp_path, ok)
+    again = sweep.run_sweep([ok, bad], runs_dir=tmp_path, notebook=FIXTURE, workers=2, cell_timeout=60,
+                            progress=True)
+    bar = capsys.readouterr().err
+    assert "1/2" in bar and "2/2" in bar and "failed=1" in bar
+    assert list(again["status"]) == ["complete", "failed"]
+    assert list(again["skipped"]) == [True, False]
+    assert record(tmp_path, ok) == first
+    assert [run["behaviour"] for run in executions(tmp_path)].count("ok") == 1
+    assert [run["behaviour"] for run in executions(tmp_path)].count("raise") == 2
+
+    studies = sweep.list_studies(tmp_path).set_index("study_id")
+    assert studies.loc[ok.study_id, "status"] == "complete"
+    assert studies.loc[bad.study_id, "error"] == "RuntimeError: asked to fail at depth 8"
+    assert studies.loc[ok.study_id, "notebook"] == str(sweep.study_folder(tmp_path, ok.study_id) / "depth_study.ipynb")
+
+    # A record that says complete without its notebook is run again.
+    (sweep.study_folder(tmp_path, ok.study_id) / "depth_study.ipynb").unlink()
+    assert list(sweep.run_sweep([ok], runs_dir=tmp_path, notebook=FIXTURE, workers=1)["skipped"]) == [False]
+    assert [run["behaviour"] for run in executions(tmp_path)].count("ok") == 2
+
+
+def test_timeout_and_dead_kernel_are_failures(tmp_path):
+    sleeper, dies = probe("sleep"), probe("die")
+    results = sweep.run_sweep([sleeper, dies], runs_dir=tmp_path, notebook=FIXTURE, workers=2, cell_timeout=2)
+    assert list(results["status"]) == ["failed", "failed"]
+    assert list(results["error"]) == ["timeout after 2 s", "kernel died"]
+    assert record(tmp_path, sleeper)["error"] == "timeout after 2 s"
+
+
+def test_a_point_whose_execution_raises_is_recorded(tmp_path, monkeypatch):
+    def full_disk(point, **options):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(sweep, "execute_point", full_disk)
+    results = sweep.run_sweep([probe("ok")], runs_dir=tmp_path, notebook=FIXTURE, workers=1)
+    assert list(results["error"]) == ["OSError: No space left on device"]
+    assert record(tmp_path, probe("ok"))["status"] == "failed"
+
+
+def test_depth_study_sweep_with_an_invalid_point(tmp_path):
+    """The real notebook at tiny size; a point injected past validation fails in the notebook, naming the field."""
+    [good] = sweep.expand_grid([8], ["both"], {key: [value] for key, value in TINY.items()})
+    bad = replace(good, settings={**good.settings, "optimizer": "rmsprop"})
+    results = sweep.run_sweep([good, bad], runs_dir=tmp_path, workers=2).set_index("study_id")
+    assert results.loc[good.study_id, "status"] == "complete", results.loc[good.study_id, "error"]
+    assert results.loc[bad.study_id, "status"] == "failed"
+    assert results.loc[bad.study_id, "error"].startswith("ParameterError: optimizer: 'rmsprop' is not one of")
+    run_ids = results.loc[good.study_id, "run_ids"]
+    expected = study.run_ids_for(study.validate_parameters(good.parameters))
+    assert run_ids == expected and len(run_ids) == 2
+    for run_id in run_ids:
+        stored = RunDir(tmp_path, run_id).record()
+        assert stored["status"] == "complete"
+        assert TrainConfig.from_dict(stored["config"]).steps == 3
+
+
+def test_cli_reports_bad_input_and_summarizes(tmp_path, capsys):
+    from analysis.__main__ import main
+
+    assert main(["sweep", "--depths", "8", "--set", "dpeth=3", "--runs-dir", str(tmp_path)]) == 2
+    assert "dpeth" in capsys.readouterr().err
+    assert main(["sweep", "--depths", "8", "--variants", "plain", "--set", "steps=3", "--set", "warmup_steps=0",
+                 "--notebook", str(FIXTURE),
+                 "--runs-dir", str(tmp_path), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines() == [f"sweep: 1 point: 1 complete (0 skipped), 0 failed; studies in {tmp_path / 'studies'}"]
+    [run] = executions(tmp_path)
+    assert (run["depth"], run["variants"], run["threads"]) == (8, "plain", sweep.available_cores())
+
+
+# ---------------------------------------------------------------------------- dask
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    """A real ``dask scheduler`` and one ``dask worker`` (one thread) on 127.0.0.1.
+
+    Yields the scheduler's address and the worker's; both processes are ended on teardown.
+    """
+    from distributed import Client
+
+    dask = str(Path(sys.executable).parent / "dask")
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    logs = tmp_path / "dask-logs"
+    logs.mkdir()
+    processes = []
+    try:
+        for name, command in (
+            ("scheduler", [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]),
+            ("worker", [dask, "worker", address, "--host", "127.0.0.1", "--nworkers", "1", "--nthreads", "1",
+                        "--no-dashboard", "--local-directory", str(tmp_path / "dask-scratch")]),
+        ):
+            with open(logs / f"{name}.log", "wb") as log:
+                processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+                                                  start_new_session=True))
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(1, timeout=120)
+            [worker] = client.scheduler_info()["workers"]
+        yield address, worker
+    finally:
+        for process in reversed(processes):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+
+
+def test_dask_sweep_through_scheduler_and_worker(tmp_path, dask_cluster):
+    from analysis.__main__ import main
+
+    address, worker = dask_cluster
+    runs_dir = tmp_path / "runs"
+    argv = ["sweep", "--depths", "8", "--variants", "residual", "--scheduler", address, "--runs-dir", str(runs_dir),
+            "--set", "optimizer=sgd,adam"]
+    for key, value in TINY.items():
+        argv += ["--set", f"{key}={value}"]
+    assert main(argv) == 0
+    studies = sweep.list_studies(runs_dir)
+    assert sorted(studies["optimizer"]) == ["adam", "sgd"]
+    assert list(studies["status"]) == ["complete", "complete"]
+    assert list(studies["worker"]) == [worker, worker]
+    # One worker thread on this host: each point may use every core.
+    assert list(studies["threads"]) == [sweep.available_cores()] * 2
+    for run_ids in studies["run_ids"]:
+        [run_id] = run_ids
+        assert RunDir(runs_dir, run_id).status() == "complete"
+    # Run again: nothing left to do.
+    assert main(argv) == 0
+    assert list(sweep.list_studies(runs_dir)["start_time"]) == list(studies["start_time"])
