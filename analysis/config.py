@@ -172,9 +172,10 @@ class TrainConfig:
     def run_id(self) -> str:
         """Stable id: depth, variant, seed and a hash of the whole config.
 
-        ``threads`` only affects speed, so it is left out of the hash.
+        ``threads`` and ``download`` do not change what is trained, so they
+        are left out of the hash.
         """
-        payload = {k: v for k, v in self.to_dict().items() if k != "threads"}
+        payload = {k: v for k, v in self.to_dict().items() if k not in ("threads", "download")}
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
         variant = "residual" if self.residual else "plain"
         return f"d{self.depth}-{variant}-s{self.seed}-{digest}"

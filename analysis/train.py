@@ -252,8 +252,8 @@ def train(config: TrainConfig, *, root: str | Path = "runs", callbacks: Iterable
             run.step, run.loss = step, loss_value
             for callback in callbacks:
                 callback.on_step_end(run)
-            bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+            bar.update(1)
             if step % config.val_every == 0 or step == config.steps:
                 val_loss, val_accuracy = evaluate(model, data, config, device)
                 rows += [(step, "val", "loss", val_loss), (step, "val", "accuracy", val_accuracy)]

@@ -120,3 +120,14 @@ def test_stats_are_written_beside_metrics(tmp_path):
     stats = read_stats(result.path / "stats.parquet")
     assert {"activation", "param_grad", "update"} <= set(stats["kind"])
     assert stats["step"].nunique() >= 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_device_trains_on_cuda_with_stats(tmp_path):
+    from analysis.hooks import read_stats
+
+    result = train(TrainConfig(**{**TINY, "device": "auto", "stats_every": 2}), root=tmp_path, progress=False)
+    assert result.status == "complete"
+    assert RunDir(tmp_path, result.run_id).record()["device"] == "cuda"
+    stats = read_stats(result.path / "stats.parquet")
+    assert stats["value"].notna().all() and stats["step"].nunique() >= 3

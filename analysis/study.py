@@ -1,0 +1,333 @@
+"""Depth study: one notebook parameter set in, a residual and a plain run out.
+
+``notebooks/depth_study.ipynb`` is a thin layer over this module.
+:data:`PARAMETERS` lists every notebook parameter with its default and a
+one-line description; :func:`validate_parameters` turns the notebook's globals
+into a checked :class:`StudyParams` (or raises a one-line
+:class:`ParameterError`); :func:`configs_for` gives the training configs (and
+so the run folders) of a study without running it; :func:`run_study` trains
+them and :func:`load_study` reads finished runs back as tidy frames with a
+``variant`` column.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from analysis.config import ConfigError, TrainConfig
+from analysis.store import RunDir
+
+VARIANTS = ("both", "residual", "plain")
+"""Values of the ``variants`` parameter."""
+
+PARAMETERS: dict[str, tuple[Any, str]] = {
+    "depth": (50, "weight layers: 18, 34, 50, 101, 152 (ImageNet family) or 6n+2 such as 20, 56, 110 (CIFAR family)"),
+    "variants": ("both", "which networks to train: 'both', 'residual' or 'plain'"),
+    "dataset": ("synthetic", "'synthetic' (built in, no download), 'digits', 'mnist', 'cifar10', 'cifar100', 'imagefolder'"),
+    "data_root": (None, "folder of the dataset files (cifar: default 'data/'; imagefolder: required)"),
+    "download": (False, "fetch CIFAR into data_root when it is missing"),
+    "image_size": (32, "images are resized to image_size x image_size pixels"),
+    "steps": (300, "optimizer steps per network"),
+    "batch_size": (32, "images per step"),
+    "optimizer": ("sgd", "'sgd', 'adam' or 'adamw'"),
+    "lr": (0.05, "peak learning rate"),
+    "momentum": (0.9, "SGD momentum"),
+    "nesterov": (False, "Nesterov momentum (SGD only)"),
+    "weight_decay": (5e-4, "L2 weight decay"),
+    "betas": ([0.9, 0.999], "Adam/AdamW moment decay rates"),
+    "schedule": ("cosine", "learning-rate schedule after warmup: 'constant', 'step' or 'cosine'"),
+    "milestones": ([], "steps where schedule='step' multiplies the rate by gamma, e.g. [100, 200]"),
+    "gamma": (0.1, "factor applied at each milestone of schedule='step'"),
+    "min_lr": (0.0, "learning rate that schedule='cosine' ends at"),
+    "warmup_steps": (30, "linear warmup steps before the schedule (fewer than steps)"),
+    "norm": ("batch", "'batch' (BatchNorm) or 'none'"),
+    "width": (8, "base width (channels of the first stage); None: the family default (64 ImageNet, 16 CIFAR)"),
+    "stem": ("cifar", "'cifar' (3x3 conv) or 'imagenet' (7x7 stride-2 conv + max-pool); None: the family default"),
+    "shortcut": (None, "'A' (zero-pad identity) or 'B' (1x1 projection) where shapes change; None: family default"),
+    "zero_init_residual": (False, "start each residual branch at zero (last BatchNorm gamma = 0); residual network only"),
+    "seed": (0, "seed of the data split, initialisation and batch order"),
+    "device": ("auto", "'auto' (cuda, then mps, else cpu), 'cpu', 'cuda' or 'mps'"),
+    "stats_every": (10, "record per-layer hook statistics every this many steps (0: none)"),
+    "val_every": (50, "validate every this many steps (and at the last step)"),
+    "val_batches": (None, "cap on validation batches per validation (None: the whole split)"),
+    "runs_dir": ("runs", "folder of the run folders; finished runs found there are reused, not retrained"),
+    "threads": (1, "torch CPU threads (None: torch's default; 1 avoids thread contention on a small or shared CPU)"),
+}
+"""Notebook parameters in order: name -> (default, one-line description)."""
+
+# Parameters that map to a TrainConfig field of another name or to none.
+_STUDY_ONLY = ("variants", "runs_dir")
+# TrainConfig field -> the notebook parameter that sets it.
+_FIELD_TO_PARAMETER = {"residual": "variants"}
+# Names IPython defines in every kernel namespace; never parameters.
+_IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
+# Types papermill can inject; globals of other types are notebook state, not parameters.
+_LITERAL_TYPES = (type(None), bool, int, float, str, list, tuple, dict)
+
+
+class ParameterError(ValueError):
+    """A bad notebook parameter; the one-line message names it and the allowed values.
+
+    IPython shows it as that one line without a traceback (as ``%xmode Minimal``
+    would), so a bad ``-p`` value stops a papermill run with a readable error.
+    """
+
+    def __init__(self, name: str, message: str):
+        self.name = name
+        super().__init__(f"{name}: {message}")
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{type(self).__name__}: {self}"]
+
+
+@dataclass(frozen=True)
+class StudyParams:
+    """Validated notebook parameters (see :data:`PARAMETERS` for their meaning)."""
+
+    depth: int = 50
+    variants: str = "both"
+    dataset: str = "synthetic"
+    data_root: str | None = None
+    download: bool = False
+    image_size: int = 32
+    steps: int = 300
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = "cosine"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    min_lr: float = 0.0
+    warmup_steps: int = 30
+    norm: str = "batch"
+    width: int | None = 8
+    stem: str | None = "cifar"
+    shortcut: str | None = None
+    zero_init_residual: bool = False
+    seed: int = 0
+    device: str = "auto"
+    stats_every: int = 10
+    val_every: int = 50
+    val_batches: int | None = None
+    runs_dir: str = "runs"
+    threads: int | None = 1
+
+    @property
+    def variant_names(self) -> tuple[str, ...]:
+        """The variants to train, residual first."""
+        return ("residual", "plain") if self.variants == "both" else (self.variants,)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every parameter, JSON-ready."""
+        data = dataclasses.asdict(self)
+        data["milestones"] = list(self.milestones)
+        data["betas"] = list(self.betas)
+        return data
+
+
+def parameter_defaults() -> dict[str, Any]:
+    """Name -> default of every notebook parameter, in order."""
+    return {name: default for name, (default, _) in PARAMETERS.items()}
+
+
+def validate_parameters(namespace: Mapping[str, Any]) -> StudyParams:
+    """Check the notebook's parameters (its ``globals()``) before anything runs.
+
+    Every public global that papermill could have injected (a literal: None,
+    bool, number, str, list, tuple, dict) must be a known parameter, so a typo
+    such as ``dpeth`` is an error rather than a silently ignored setting;
+    modules, functions, IPython's own names and other objects are notebook
+    state and are skipped. Missing parameters take their defaults. Values are
+    checked by :meth:`TrainConfig.validate` for every variant, and a
+    :class:`~analysis.config.ConfigError` is reported under the parameter's name.
+    """
+    candidates = {name: value for name, value in namespace.items()
+                  if not name.startswith("_") and name not in _IPYTHON_NAMES
+                  and isinstance(value, _LITERAL_TYPES)}
+    for name in candidates:
+        if name not in PARAMETERS:
+            close = difflib.get_close_matches(name, PARAMETERS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ParameterError(name, f"unknown parameter{hint}; known parameters: {', '.join(PARAMETERS)}")
+    values = {**parameter_defaults(), **candidates}
+    for name, (default, _) in PARAMETERS.items():
+        value = values[name]
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            values[name] = float(value)
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ParameterError(name, f"must be True or False, got {value!r}")
+    values["milestones"] = _sequence("milestones", values["milestones"], int, "a list of steps such as [100, 200]")
+    values["betas"] = _sequence("betas", values["betas"], float, "two numbers in [0, 1) such as [0.9, 0.999]")
+    if values["variants"] not in VARIANTS:
+        raise ParameterError("variants", f"{values['variants']!r} is not one of {', '.join(map(repr, VARIANTS))}")
+    if not isinstance(values["runs_dir"], str) or not values["runs_dir"]:
+        raise ParameterError("runs_dir", f"must be a folder path string, got {values['runs_dir']!r}")
+    params = StudyParams(**values)
+    try:
+        for config in configs_for(params):
+            config.validate()
+    except ConfigError as exc:
+        name = _FIELD_TO_PARAMETER.get(exc.field, exc.field)
+        raise ParameterError(name, str(exc).removeprefix(f"{exc.field}: ")) from None
+    return params
+
+
+def _sequence(name: str, value: Any, kind: type, expected: str) -> tuple:
+    """A list or tuple of numbers, or the string papermill's ``-p`` gives ('1,2' or '[1, 2]')."""
+    if isinstance(value, str):
+        try:
+            return tuple(kind(part) for part in value.strip().strip("[]()").split(",") if part.strip())
+        except ValueError:
+            pass
+    elif value is None:
+        return ()
+    elif isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or isinstance(v, int))
+            for v in value):
+        return tuple(kind(v) for v in value)
+    raise ParameterError(name, f"must be {expected}, got {value!r}")
+
+
+def configs_for(params: StudyParams) -> list[TrainConfig]:
+    """The training config of each variant, residual first (run ids follow from them)."""
+    shared = {name: getattr(params, name) for name in PARAMETERS if name not in _STUDY_ONLY}
+    return [TrainConfig(**{**shared, "residual": variant == "residual",
+                           "zero_init_residual": params.zero_init_residual if variant == "residual" else False})
+            for variant in params.variant_names]
+
+
+def run_ids_for(params: StudyParams) -> list[str]:
+    """The run folder names a study with these parameters writes under ``runs_dir``."""
+    return [config.run_id() for config in configs_for(params)]
+
+
+@dataclass
+class StudyResult:
+    """Finished runs of one study, read back from their folders.
+
+    ``metrics`` and ``stats`` are tidy frames with ``variant`` and ``run_id``
+    columns in front of the stored columns; ``records`` maps each variant to
+    its run record (``config.json``); ``reused`` lists the variants whose
+    finished runs were found on disk instead of trained.
+    """
+
+    runs_dir: Path
+    run_ids: dict[str, str]
+    records: dict[str, dict[str, Any]]
+    metrics: pd.DataFrame
+    stats: pd.DataFrame
+    reused: tuple[str, ...] = field(default=())
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        """The variants loaded, in the order their runs were named."""
+        return tuple(self.run_ids)
+
+    @property
+    def statuses(self) -> dict[str, str]:
+        """Variant -> run status ('complete', 'diverged', ...)."""
+        return {variant: record["status"] for variant, record in self.records.items()}
+
+
+def run_study(params: StudyParams, *, progress: bool | None = None) -> StudyResult:
+    """Train each variant (finished runs in ``runs_dir`` are reused) and load them back.
+
+    A diverged run is kept and reported; any other failure marks that run
+    failed and is raised.
+    """
+    from analysis.train import train
+
+    reused = []
+    for variant, config in zip(params.variant_names, configs_for(params)):
+        run = train(config, root=params.runs_dir, progress=progress)
+        print(f"{variant}: {'reused finished run' if run.skipped else 'trained'} {run.path} ({run.status})")
+        if run.skipped:
+            reused.append(variant)
+    result = load_study(params.runs_dir, run_ids_for(params))
+    result.reused = tuple(reused)
+    return result
+
+
+def load_study(runs_dir: str | Path, run_ids: list[str] | tuple[str, ...]) -> StudyResult:
+    """Read runs back from ``runs_dir`` without training: records, metrics and statistics.
+
+    The variant of each run ('residual' or 'plain') comes from its stored config.
+    """
+    from analysis.hooks import read_stats
+
+    runs_dir = Path(runs_dir)
+    ids, records, metrics, stats = {}, {}, [], []
+    for run_id in run_ids:
+        run_dir = RunDir(runs_dir, run_id)
+        if not run_dir.exists():
+            raise FileNotFoundError(f"run_ids: no run record at {run_dir.config_path}")
+        record = run_dir.record()
+        variant = "residual" if record["config"]["residual"] else "plain"
+        ids[variant], records[variant] = run_id, record
+        metrics.append(_tag(run_dir.read_metrics(), variant, run_id))
+        if run_dir.stats_path.is_dir():
+            stats.append(_tag(read_stats(run_dir.stats_path), variant, run_id))
+    if not metrics:
+        raise ValueError("run_ids: name at least one run")
+    return StudyResult(runs_dir, ids, records, pd.concat(metrics, ignore_index=True),
+                       pd.concat(stats, ignore_index=True) if stats else _tag(_empty_stats(), "", ""))
+
+
+def _empty_stats() -> pd.DataFrame:
+    """A statistics frame with no rows but the stored columns and dtypes."""
+    from analysis.hooks.writer import SCHEMA, to_frame
+
+    return to_frame(SCHEMA.empty_table())
+
+
+def _tag(frame: pd.DataFrame, variant: str, run_id: str) -> pd.DataFrame:
+    frame = frame.copy()
+    frame.insert(0, "run_id", run_id)
+    frame.insert(0, "variant", variant)
+    return frame
+
+
+def config_table(params: StudyParams) -> pd.DataFrame:
+    """Every training setting (rows) of each variant (columns), with the run folder each one writes."""
+    configs = dict(zip(params.variant_names, configs_for(params)))
+    table = pd.DataFrame({variant: {"run folder": str(Path(params.runs_dir) / config.run_id()),
+                                    **{key: _cell(value) for key, value in config.to_dict().items()}}
+                          for variant, config in configs.items()})
+    table.index.name = "setting"
+    return table
+
+
+def model_table(result: StudyResult) -> pd.DataFrame:
+    """One row per variant: weight layers, parameters, multiply-accumulates, and how the run ended."""
+    rows = {}
+    for variant, record in result.records.items():
+        model = record.get("model") or {}
+        rows[variant] = {
+            "layers": model.get("layers"),
+            "parameters": model.get("params"),
+            "MACs per image": model.get("macs"),
+            "status": record["status"],
+            "steps": record.get("steps_completed"),
+            "device": record.get("device"),
+            "run": record["run_id"],
+        }
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "variant"
+    return table
+
+
+def _cell(value: Any) -> Any:
+    """A table cell: lists as compact JSON, None as the string 'None' (so columns stay printable)."""
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return "None" if value is None else value

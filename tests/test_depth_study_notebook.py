@@ -1,0 +1,93 @@
+import ast
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+from papermill.exceptions import PapermillExecutionError
+
+from analysis.study import PARAMETERS, parameter_defaults
+from analysis.store import run_dirs
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "depth_study.ipynb"
+TINY = dict(depth=8, width=4, steps=6, batch_size=8, stats_every=2, val_every=3, val_batches=1,
+            warmup_steps=0, device="cpu")
+FIGURES = 6
+
+
+def _execute(tmp_path, name, **parameters):
+    out = tmp_path / f"{name}.ipynb"
+    papermill.execute_notebook(str(NOTEBOOK), str(out), parameters=parameters, kernel_name="python3",
+                               cwd=str(tmp_path), progress_bar=False)
+    return nbformat.read(out, as_version=4)
+
+
+def _outputs(nb, output_type=None):
+    return [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs
+            if output_type is None or o.output_type == output_type]
+
+
+def _records(runs_dir):
+    return {path.name: json.loads((path / "config.json").read_text()) for path in run_dirs(runs_dir)}
+
+
+def test_committed_notebook_is_clean_with_documented_parameters():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata.kernelspec.name == "python3"
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    assert all(cell.outputs == [] and cell.execution_count is None for cell in code)
+    tagged = [cell for cell in nb.cells if "parameters" in cell.metadata.get("tags", [])]
+    assert len(tagged) == 1 and tagged[0] is code[0]
+    lines = tagged[0].source.splitlines()
+    assert all("  # " in line for line in lines)  # a comment per parameter
+    assigned = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(tagged[0].source).body}
+    assert list(assigned) == list(PARAMETERS) and assigned == parameter_defaults()
+    assert "study.validate_parameters(globals())" in code[1].source
+    assert any("-p device cuda" in cell.source for cell in nb.cells if cell.cell_type == "markdown")
+
+
+def test_tiny_study_renders_figures_and_findings_then_reuses_its_runs(tmp_path):
+    runs = tmp_path / "runs"
+    nb = _execute(tmp_path, "first", **TINY, runs_dir=str(runs))
+    pngs = [o for o in _outputs(nb) if "image/png" in o.get("data", {})]
+    assert len(pngs) == FIGURES
+    assert not _outputs(nb, "error")
+    findings = [o.data["text/markdown"] for o in _outputs(nb, "execute_result") if "text/markdown" in o.data]
+    assert len(findings) == 1
+    assert "The residual network ended with a train loss of" in findings[0]
+    assert re.search(r"weight-gradient norm was \d[\d.e+-]* times the last layer's at step 0", findings[0])
+    tables = [o.data["text/html"] for o in _outputs(nb, "execute_result") if "text/html" in o.data]
+    assert any("MACs per image" in table for table in tables)
+
+    records = _records(runs)
+    assert len(records) == 2 and {r["status"] for r in records.values()} == {"complete"}
+    assert {r["config"]["residual"] for r in records.values()} == {True, False}
+    for run_id in records:
+        assert (runs / run_id / "metrics.parquet").is_file() and (runs / run_id / "stats.parquet").is_dir()
+
+    again = _execute(tmp_path, "second", **TINY, runs_dir=str(runs))
+    assert _records(runs) == records  # start times included: nothing was retrained
+    text = "".join(o.text for o in _outputs(again, "stream"))
+    assert text.count("reused finished run") == 2
+    assert len([o for o in _outputs(again) if "image/png" in o.get("data", {})]) == FIGURES
+
+
+@pytest.mark.parametrize("parameters, message", [
+    ({"depth": 51}, "ParameterError: depth: 51 is not supported; valid depths: 18, 34, 50, 101, 152, or 6n+2"),
+    ({"optimizer": "sgdd"}, "ParameterError: optimizer: 'sgdd' is not one of 'sgd', 'adam', 'adamw'"),
+    ({"lr": -1}, "ParameterError: lr: must be > 0, got -1"),
+    ({"dataset": "nope"}, "ParameterError: dataset: 'nope' is not one of 'synthetic', 'digits'"),
+    ({"dpeth": 50}, "ParameterError: dpeth: unknown parameter (did you mean 'depth'?); known parameters: depth, "),
+])
+def test_bad_parameters_stop_the_notebook_with_one_line(tmp_path, parameters, message):
+    runs = tmp_path / "runs"
+    with pytest.raises(PapermillExecutionError) as caught:
+        _execute(tmp_path, "bad", **{**TINY, "runs_dir": str(runs), **parameters})
+    error = caught.value
+    assert error.ename == "ParameterError"
+    assert len(error.traceback) == 1 and error.traceback[0].startswith(message)
+    assert "\n" not in error.traceback[0]
+    assert _records(runs) == {}  # validation ran before any training

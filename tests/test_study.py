@@ -1,0 +1,151 @@
+import dataclasses
+import json
+import math
+import os
+
+import pandas as pd
+import pytest
+
+from analysis import study
+from analysis.config import TrainConfig
+from analysis.study import PARAMETERS, ParameterError, StudyParams, configs_for, validate_parameters
+
+TINY = dict(depth=8, width=4, steps=6, batch_size=8, stats_every=3, val_every=3, val_batches=1,
+            warmup_steps=0, device="cpu")
+
+
+def test_parameters_and_study_params_agree():
+    fields = dataclasses.fields(StudyParams)
+    assert [f.name for f in fields] == list(PARAMETERS)
+    for f in fields:
+        default, description = PARAMETERS[f.name]
+        assert f.default == (tuple(default) if isinstance(default, list) else default), f.name
+        assert description and "\n" not in description
+    assert StudyParams().to_dict() == study.parameter_defaults()
+    # Every TrainConfig field but the derived ones is a notebook parameter.
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert train_fields - set(PARAMETERS) == {"residual"}
+    assert set(PARAMETERS) - train_fields == {"variants", "runs_dir"}
+
+
+def test_defaults_validate_and_ignore_notebook_state():
+    namespace = {**study.parameter_defaults(), "In": ["x"], "Out": {1: 2}, "get_ipython": print, "exit": object(),
+                 "quit": object(), "open": open, "_": 3, "_i1": "code", "os": os, "helper": lambda: 1,
+                 "StudyParams": StudyParams, "params": StudyParams(), "frame": pd.DataFrame()}
+    assert validate_parameters(namespace) == StudyParams()
+    assert validate_parameters({}) == StudyParams()
+
+
+def test_values_are_normalised():
+    params = validate_parameters({"lr": 1, "milestones": "100, 200", "schedule": "step", "steps": 300})
+    assert params.lr == 1.0 and isinstance(params.lr, float)
+    assert params.milestones == (100, 200)
+    assert validate_parameters({"milestones": "[5]", "schedule": "step"}).milestones == (5,)
+    assert validate_parameters({"milestones": [7, 9], "schedule": "step"}).milestones == (7, 9)
+    assert validate_parameters({"betas": "0.8, 0.99", "optimizer": "adam"}).betas == (0.8, 0.99)
+    assert validate_parameters({"betas": [0, 0.5]}).betas == (0.0, 0.5)
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("depth", 51, ["depth: 51", "18, 34, 50, 101, 152", "6n+2"]),
+    ("optimizer", "sgdd", ["optimizer: 'sgdd'", "'sgd', 'adam', 'adamw'"]),
+    ("lr", -1, ["lr:", "> 0", "-1"]),
+    ("dataset", "nope", ["dataset: 'nope'", "'synthetic'", "'cifar10'"]),
+    ("variants", "resid", ["variants: 'resid'", "'both', 'residual', 'plain'"]),
+    ("width", 0, ["width:", ">= 1"]),
+    ("milestones", "a,b", ["milestones:", "[100, 200]"]),
+    ("milestones", [1.5], ["milestones:", "[100, 200]"]),
+    ("betas", [0.9], ["betas:", "two numbers in [0, 1)"]),
+    ("momentum", 1, ["momentum:", "< 1.0", "got 1.0"]),
+    ("runs_dir", None, ["runs_dir:", "folder"]),
+    ("zero_init_residual", "yes", ["zero_init_residual:", "True or False"]),
+])
+def test_bad_values_name_the_parameter_and_allowed_values(name, value, expected):
+    with pytest.raises(ParameterError) as caught:
+        validate_parameters({name: value})
+    message = str(caught.value)
+    assert caught.value.name == name and "\n" not in message
+    for text in expected:
+        assert text in message
+    assert caught.value._render_traceback_() == [f"ParameterError: {message}"]
+
+
+def test_unknown_name_lists_known_parameters():
+    with pytest.raises(ParameterError) as caught:
+        validate_parameters({"dpeth": 50})
+    message = str(caught.value)
+    assert caught.value.name == "dpeth"
+    assert message.startswith("dpeth: unknown parameter (did you mean 'depth'?)")
+    assert message.endswith("known parameters: " + ", ".join(PARAMETERS))
+
+
+def test_configs_follow_parameters_residual_first():
+    params = validate_parameters({**TINY, "zero_init_residual": True, "shortcut": "B", "lr": 0.2})
+    residual, plain = configs_for(params)
+    assert residual.residual and not plain.residual
+    assert residual.zero_init_residual and not plain.zero_init_residual
+    for config in (residual, plain):
+        for name in PARAMETERS:
+            if name not in ("variants", "runs_dir", "zero_init_residual"):
+                assert getattr(config, name) == getattr(params, name), name
+    assert study.run_ids_for(params) == [residual.run_id(), plain.run_id()]
+    assert residual.run_id().startswith("d8-residual-s0-") and plain.run_id().startswith("d8-plain-s0-")
+    only_plain = configs_for(dataclasses.replace(params, variants="plain"))
+    assert [c.residual for c in only_plain] == [False] and only_plain[0].run_id() == plain.run_id()
+
+
+def test_config_table_lists_each_variants_settings():
+    params = validate_parameters({**TINY, "milestones": [2], "schedule": "step", "runs_dir": "somewhere"})
+    table = study.config_table(params)
+    assert list(table.columns) == ["residual", "plain"]
+    assert table.loc["run folder", "plain"] == os.path.join("somewhere", configs_for(params)[1].run_id())
+    assert table.loc["residual", "residual"] is True or table.loc["residual", "residual"] == True  # noqa: E712
+    assert table.loc["milestones", "residual"] == "[2]" and table.loc["shortcut", "plain"] == "None"
+    assert table.loc["depth", "plain"] == 8
+
+
+def test_run_study_trains_loads_and_reuses(tmp_path, capsys):
+    params = validate_parameters({**TINY, "runs_dir": str(tmp_path)})
+    result = study.run_study(params, progress=False)
+    assert result.variants == ("residual", "plain") and result.reused == ()
+    assert result.statuses == {"residual": "complete", "plain": "complete"}
+    assert "residual: trained" in capsys.readouterr().out
+    for variant, run_id in result.run_ids.items():
+        record = json.loads((tmp_path / run_id / "config.json").read_text())
+        assert record == result.records[variant]
+        stored = pd.read_parquet(tmp_path / run_id / "metrics.parquet")
+        mine = result.metrics[result.metrics["variant"] == variant]
+        assert (mine["run_id"] == run_id).all()
+        pd.testing.assert_frame_equal(mine.drop(columns=["variant", "run_id"]).reset_index(drop=True), stored)
+        stats = result.stats[result.stats["variant"] == variant]
+        assert sorted(stats["step"].unique()) == [0, 3]
+        assert len(stats) == len(pd.read_parquet(tmp_path / run_id / "stats.parquet"))
+    assert set(result.stats.loc[result.stats["kind"] == "block", "variant"]) == {"residual"}
+
+    table = study.model_table(result)
+    assert list(table.index) == ["residual", "plain"]
+    assert table.loc["plain", "layers"] == 8 and table.loc["plain", "status"] == "complete"
+    assert table.loc["residual", "parameters"] == result.records["residual"]["model"]["params"]
+    assert table.loc["residual", "MACs per image"] == result.records["residual"]["model"]["macs"]
+
+    again = study.run_study(params, progress=False)
+    assert again.reused == ("residual", "plain") and "reused finished run" in capsys.readouterr().out
+    assert {v: r["start_time"] for v, r in again.records.items()} == \
+        {v: r["start_time"] for v, r in result.records.items()}
+    pd.testing.assert_frame_equal(again.metrics, result.metrics)
+    loaded = study.load_study(tmp_path, list(result.run_ids.values()))
+    pd.testing.assert_frame_equal(loaded.stats, result.stats)
+
+
+def test_without_statistics_the_stats_frame_is_empty(tmp_path):
+    params = validate_parameters({**TINY, "variants": "plain", "stats_every": 0, "runs_dir": str(tmp_path)})
+    result = study.run_study(params, progress=False)
+    assert result.variants == ("plain",) and result.stats.empty
+    assert {"variant", "run_id", "step", "kind", "stat", "value"} <= set(result.stats.columns)
+    train_loss = result.metrics[(result.metrics["split"] == "train") & (result.metrics["metric"] == "loss")]
+    assert train_loss["step"].tolist() == [1, 2, 3, 4, 5, 6] and math.isfinite(train_loss["value"].sum())
+
+
+def test_load_study_names_a_missing_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run_ids"):
+        study.load_study(tmp_path, ["d8-plain-s0-0000000000"])
