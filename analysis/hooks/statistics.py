@@ -1,0 +1,222 @@
+"""Statistic groups: device-side reductions and their host-side completion.
+
+Each group is a pair of small functions, in the spirit of Cockpit's quantities:
+
+* a *reduce* function runs on the tensor's own device, in float32 (float64 for
+  float64 tensors), and returns a short vector of raw reductions without ever
+  synchronising with the host on CUDA;
+* a *finish* function runs on the host, vectorised over all rows of a step in
+  float64, and turns the raw reductions into the published statistics.
+
+Reductions are chosen to touch a big tensor as few times as possible: one sum,
+one sum of squares, one min/max and one count of zeros per channel (through a
+reused buffer). On the CPU non-finite values are only counted when the sum of
+squares is non-finite (a free scalar check there); elsewhere they are counted
+every time, since a check would cost a host synchronisation per tensor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+ACTIVATION = ("mean", "std", "rms", "absmax", "zero_fraction", "dead_fraction", "nonfinite")
+ACTIVATION_GRAD = ("rms", "absmax", "nonfinite")
+PARAM_GRAD = ("norm", "rms", "absmax", "nonfinite")
+WEIGHT = ("norm",)
+UPDATE = ("ratio",)
+GLOBAL = ("grad_norm", "lr")
+BLOCK = ("shortcut_norm", "branch_norm", "ratio", "cosine")
+
+STATS: dict[str, tuple[str, ...]] = {
+    "activation": ACTIVATION,
+    "activation_grad": ACTIVATION_GRAD,
+    "param_grad": PARAM_GRAD,
+    "weight": WEIGHT,
+    "update": UPDATE,
+    "global": GLOBAL,
+    "block": BLOCK,
+}
+
+# Per-channel nonzero counts are summed in float32 up to this many elements per channel (exact).
+_EXACT_FLOAT32_COUNT = 2**24
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for float32 and narrower floats, float64 for float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _as_compute(x: Tensor) -> Tensor:
+    x = x.detach()
+    dtype = compute_dtype(x.dtype)
+    return x if x.dtype == dtype else x.to(dtype)
+
+
+def _fast_path(x: Tensor, probe: Tensor) -> bool:
+    """On the CPU, whether `probe` (a sum of squares of x) is finite: then x holds no NaN or inf."""
+    return x.device.type == "cpu" and math.isfinite(probe.item())
+
+
+def _nonfinite(x: Tensor) -> Tensor:
+    return torch.isfinite(x).logical_not_().sum(dtype=x.dtype)
+
+
+def _sumsq(x: Tensor) -> Tensor:
+    """Sum of squares: a BLAS dot product where x is contiguous (faster than vector_norm)."""
+    if x.is_contiguous():
+        flat = x.view(-1)
+        return torch.dot(flat, flat)
+    return torch.linalg.vector_norm(x).square()
+
+
+class Scratch:
+    """A reusable buffer for elementwise intermediates, so reductions over big tensors
+    allocate (and page-fault) nothing; dropped at the end of each recorded step."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    def like(self, x: Tensor) -> Tensor:
+        """A contiguous tensor of x's shape, dtype and device, with garbage contents."""
+        key = (x.device, x.dtype)
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.numel() < x.numel():
+            buffer = self._buffers[key] = torch.empty(x.numel(), dtype=x.dtype, device=x.device)
+        return buffer[: x.numel()].view(x.shape)
+
+    def clear(self) -> None:
+        self._buffers.clear()
+
+
+def activation(x: Tensor, channel_dim: int, scratch: Scratch | None = None) -> Tensor:
+    """Raw reductions of a module output: [sum, sum of squares, min, max, zeros, dead, nonfinite].
+
+    `zeros` counts elements == 0, `dead` counts channels (slices along
+    `channel_dim`) whose elements are all exactly zero over the whole batch.
+    Passes over x: sum, sum of squares, min/max, and x == 0 written into
+    `scratch` then summed per channel.
+    """
+    x = _as_compute(x)
+    if x.dim() < 2:
+        x, channel_dim = x.reshape(1, -1), 1
+    dims = tuple(d for d in range(x.dim()) if d != channel_dim % x.dim())
+    total = x.sum()
+    sumsq = _sumsq(x)
+    low, high = torch.aminmax(x)
+    per_channel = x.numel() // x.shape[channel_dim]
+    flags = torch.eq(x, 0, out=(scratch or Scratch()).like(x))
+    zeros = flags.sum(dims) if per_channel <= _EXACT_FLOAT32_COUNT else flags.sum(dims, dtype=torch.float64)
+    dead = (zeros == per_channel).sum(dtype=x.dtype)
+    nonfinite = x.new_zeros(()) if _fast_path(x, sumsq) else _nonfinite(x)
+    return torch.stack([total, sumsq, low, high, zeros.sum(dtype=x.dtype), dead, nonfinite])
+
+
+def finish_activation(raw: np.ndarray, numel: np.ndarray, channels: np.ndarray) -> np.ndarray:
+    """mean = sum/n; rms = sqrt(sum(x^2)/n); std = sqrt(rms^2 - mean^2) (population);
+    absmax = max(-min, max); zero_fraction = #(x == 0)/n; dead_fraction = dead/channels."""
+    total, sumsq, low, high, zeros, dead, nonfinite = raw.T
+    mean = total / numel
+    rms = np.sqrt(sumsq / numel)
+    std = np.sqrt(np.maximum(rms * rms - mean * mean, 0.0))
+    absmax = np.maximum(-low, high)
+    return np.stack([mean, std, rms, absmax, zeros / numel, dead / channels, nonfinite], axis=1)
+
+
+def activation_grad(g: Tensor) -> Tensor:
+    """Raw reductions of the gradient w.r.t. a module output: [sum of squares, min, max, nonfinite]."""
+    g = _as_compute(g)
+    sumsq = _sumsq(g)
+    low, high = torch.aminmax(g)
+    nonfinite = g.new_zeros(()) if _fast_path(g, sumsq) else _nonfinite(g)
+    return torch.stack([sumsq, low, high, nonfinite])
+
+
+def finish_activation_grad(raw: np.ndarray, numel: np.ndarray) -> np.ndarray:
+    """rms = sqrt(sum(g^2)/n); absmax = max(-min, max); nonfinite = #(not finite)."""
+    sumsq, low, high, nonfinite = raw.T
+    return np.stack([np.sqrt(sumsq / numel), np.maximum(-low, high), nonfinite], axis=1)
+
+
+def _norms(tensors: list[Tensor], ord: float = 2.0) -> Tensor:
+    dtype = compute_dtype(tensors[0].dtype)
+    return torch.stack(torch._foreach_norm(tensors, ord, dtype=dtype)).to(dtype)
+
+
+def param_grad(grads: list[Tensor]) -> Tensor:
+    """Raw reductions of gradients of one device and dtype, a (P, 3) tensor: [norm, absmax, nonfinite].
+
+    Foreach kernels: one pass for all norms, one for all absolute maxima. Non-finite
+    entries are counted as the nonzeros of g - g (NaN exactly where g is NaN or inf).
+    """
+    grads = [g.detach() for g in grads]
+    norms = _norms(grads)
+    absmax = torch.stack(torch._foreach_max(torch._foreach_abs(grads))).to(norms.dtype)
+    if _fast_path(norms, norms.sum()):
+        nonfinite = torch.zeros_like(norms)
+    else:
+        nonfinite = _norms(torch._foreach_sub(grads, grads), 0.0)
+    return torch.stack([norms, absmax, nonfinite], dim=1)
+
+
+def finish_param_grad(raw: np.ndarray, numel: np.ndarray) -> np.ndarray:
+    """norm = ||g||; rms = ||g||/sqrt(n); absmax = max|g|; nonfinite = #(not finite)."""
+    norm, absmax, nonfinite = raw.T
+    return np.stack([norm, norm / np.sqrt(numel), absmax, nonfinite], axis=1)
+
+
+def weight(params: list[Tensor]) -> Tensor:
+    """Raw reductions of parameters of one device and dtype, a (P, 1) tensor: [norm]."""
+    return _norms([p.detach() for p in params]).unsqueeze(1)
+
+
+def snapshot(params: list[Tensor]) -> list[Tensor]:
+    """Copies of `params` taken before an optimizer step (one foreach kernel)."""
+    return torch._foreach_mul([p.detach() for p in params], 1.0)
+
+
+def update(before: list[Tensor], after: list[Tensor]) -> Tensor:
+    """Raw reductions of one optimizer step, a (P, 2) tensor: [||w_after - w_before||, ||w_before||].
+
+    `before` is consumed: it is overwritten with the difference.
+    """
+    weight_norms = _norms(before)
+    torch._foreach_sub_(before, [p.detach() for p in after])
+    return torch.stack([_norms(before), weight_norms], dim=1)
+
+
+def finish_update(raw: np.ndarray) -> np.ndarray:
+    """ratio = ||w_after - w_before|| / ||w_before||."""
+    delta, norm = raw.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (delta / norm)[:, None]
+
+
+def block(branch: Tensor, shortcut: Tensor, branch_sumsq: Tensor, shortcut_sumsq: Tensor) -> Tensor:
+    """Raw reductions of a residual block: [||shortcut||^2, ||branch||^2, <branch, shortcut>].
+
+    Norms and the inner product run over the whole batch, flattened; the squared
+    norms come from the outputs' activation statistics, so only the inner product
+    is a new pass.
+    """
+    branch, shortcut = _as_compute(branch), _as_compute(shortcut)
+    dot = torch.dot(branch.reshape(-1), shortcut.reshape(-1).to(branch.dtype))
+    return torch.stack([shortcut_sumsq, branch_sumsq, dot.to(shortcut_sumsq.dtype)])
+
+
+def finish_block(raw: np.ndarray) -> np.ndarray:
+    """norms = sqrt(squared norms); ratio = ||branch|| / ||shortcut||;
+    cosine = <branch, shortcut> / (||branch|| ||shortcut||)."""
+    shortcut_norm, branch_norm, dot = np.sqrt(raw[:, 0]), np.sqrt(raw[:, 1]), raw[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = branch_norm / shortcut_norm
+        cosine = dot / (branch_norm * shortcut_norm)
+    return np.stack([shortcut_norm, branch_norm, ratio, cosine], axis=1)
+
+
+def global_grad_norm(param_grad_norms: np.ndarray) -> float:
+    """grad_norm = sqrt(sum over all parameters with a gradient of ||g||^2)."""
+    return float(np.sqrt(np.sum(np.square(param_grad_norms))))
