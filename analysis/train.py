@@ -62,7 +62,11 @@ class Callback:
 
 
 class StatsCallback(Callback):
-    """Writes per-layer activation and gradient statistics with the hook Monitor."""
+    """Writes per-layer activation and gradient statistics with the hook Monitor.
+
+    Statistics steps are numbered like the metrics (from 1): steps 1, 1 + every, ...
+    are recorded.
+    """
 
     def __init__(self, every: int, **monitor_options: Any):
         self.every = every
@@ -72,7 +76,7 @@ class StatsCallback(Callback):
     def on_train_start(self, run: RunContext) -> None:
         from analysis.hooks import Monitor
 
-        self.monitor = Monitor(run.model, optimizer=run.optimizer, every=self.every,
+        self.monitor = Monitor(run.model, optimizer=run.optimizer, every=self.every, first_step=1,
                                path=run.run_dir.stats_path, **self.monitor_options)
         self.monitor.__enter__()
 

@@ -109,6 +109,17 @@ def test_cadence(every, expected):
     assert sorted(monitor.frame().step.unique()) == expected
 
 
+def test_first_step_numbers_steps_and_anchors_the_cadence():
+    model = tiny()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Monitor(model, optimizer=optimizer, every=3, first_step=1) as monitor:
+        train(monitor, model, optimizer, 8)
+        assert monitor.current_step == 9
+    assert sorted(monitor.frame().step.unique()) == [1, 4, 7]
+    with pytest.raises(ValueError, match="first_step"):
+        Monitor(model, first_step=-1)
+
+
 def test_default_cadence():
     model = tiny()
     monitor = Monitor(model)
@@ -173,7 +184,8 @@ def test_default_selection_on_project_resnet():
     model = build_model(8)
     selection = select(model)
     names = {name for name, _ in selection.modules}
-    assert {"stages.0.0.branch", "stages.0.0.shortcut", "stages.0.0.branch.0", "stages.0.0.relu", "fc"} <= names
+    expected = {"stages.0.0.branch", "stages.0.0.shortcut", "stages.0.0.branch.0", "stages.0.0.relu", "fc"}
+    assert expected <= names
     assert "stages.0.0" not in names and "stages" not in names and "" not in names
     assert [name for name, _ in selection.blocks] == ["stages.0.0", "stages.1.0", "stages.2.0"]
     assert len(selection.params) == len(list(model.parameters()))
@@ -216,3 +228,18 @@ def test_residual_blocks_recorded_per_block():
     ratio = block.pivot(index="module", columns="stat", values="value")
     assert (ratio.ratio - ratio.branch_norm / ratio.shortcut_norm).abs().max() < 1e-9
     assert ratio.cosine.between(-1, 1).all()
+
+
+def test_block_stats_alone_match_full_set():
+    frames = []
+    for stats in (None, ["block"]):
+        torch.manual_seed(0)
+        model = build_model(8)
+        with Monitor(model, every=1, stats=stats) as monitor:
+            model(torch.randn(2, 3, 32, 32))
+            monitor.step()
+        frames.append(monitor.frame().query("kind == 'block'").reset_index(drop=True))
+    full, alone = frames
+    assert len(alone) == 3 * 4 and set(monitor.frame().kind) == {"block"}
+    assert (alone[["module", "stat"]] == full[["module", "stat"]]).all().all()
+    assert (alone.value - full.value).abs().max() <= 1e-6 * full.value.abs().max()

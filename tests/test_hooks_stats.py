@@ -92,7 +92,8 @@ def reference_activation(t: torch.Tensor, channel_dim: int) -> dict[str, float]:
 
 def reference_grad(t: torch.Tensor) -> dict[str, float]:
     a = t.double().numpy()
-    return {"rms": math.sqrt((a ** 2).mean()), "absmax": np.abs(a).max(), "nonfinite": float((~np.isfinite(a)).sum())}
+    return {"rms": math.sqrt((a ** 2).mean()), "absmax": np.abs(a).max(),
+            "nonfinite": float((~np.isfinite(a)).sum())}
 
 
 def run_recorded(dtype: torch.dtype, device: str = "cpu", steps: int = 2):
@@ -283,4 +284,5 @@ def test_cuda_hooks_do_not_synchronise():
                 torch.cuda.set_sync_debug_mode("default")
             monitor.step()
     frame = monitor.frame()
-    assert sorted(frame.step.unique()) == [0, 1] and {"activation", "activation_grad", "block"} <= set(frame.kind)
+    assert sorted(frame.step.unique()) == [0, 1]
+    assert {"activation", "activation_grad", "block"} <= set(frame.kind)

@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,8 @@ from analysis.hooks.selection import Patterns, channel_layout, select
 from analysis.hooks.writer import SCHEMA, PartWriter, Rows, read_tables, to_frame
 
 DEFAULT_EVERY = 25
-"""Default cadence: one recorded step in 25 keeps the full statistic set within about 2% of
-the training time on a 2-core CPU (benchmarks/overhead.md)."""
+"""Default cadence: a recorded step costs about 1.3-1.4 uninstrumented steps on a 2-core CPU,
+so one in 25 adds about 2-3% to a run (benchmarks/overhead.md)."""
 
 RAW_WIDTH = {"activation": 7, "activation_grad": 4, "param_grad": 3, "weight": 1, "update": 2,
              "block": 3}
@@ -40,7 +41,7 @@ NEEDS_OPTIMIZER = ("update", "global.lr")
 
 
 def log_steps(total: int, n: int) -> list[int]:
-    """About `n` log-spaced steps in [0, total), always holding 0 and total - 1.
+    """About `n` log-spaced steps in [0, total): 0, and total - 1 when n >= 2.
 
     For `every=`: dense early, when training changes fastest, sparse later.
     Returns range(total) when n >= total.
@@ -58,16 +59,16 @@ def log_steps(total: int, n: int) -> list[int]:
 
 
 def _cadence(every: int | Iterable[int]) -> int | frozenset[int]:
-    if isinstance(every, bool) or not isinstance(every, (int, Iterable)) or isinstance(every, str):
-        raise ValueError(f"every must be an int >= 1 or a collection of steps (ints >= 0); got {every!r}")
-    if isinstance(every, int):
+    if isinstance(every, Integral) and not isinstance(every, bool):
         if every < 1:
             raise ValueError(f"every must be an int >= 1 or a collection of steps; got {every}")
-        return every
+        return int(every)
+    if not isinstance(every, Iterable) or isinstance(every, str):
+        raise ValueError(f"every must be an int >= 1 or a collection of steps (ints >= 0); got {every!r}")
     steps = frozenset(every)
-    if not steps or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in steps):
+    if not steps or not all(isinstance(s, Integral) and not isinstance(s, bool) and s >= 0 for s in steps):
         raise ValueError(f"every: a collection of steps must hold ints >= 0 and not be empty; got {every!r}")
-    return steps
+    return frozenset(int(s) for s in steps)
 
 
 def _wanted_stats(stats: str | Iterable[str] | None, has_optimizer: bool) -> dict[str, tuple[int, ...]]:
@@ -216,14 +217,16 @@ class Monitor:
         optimizer: when given, the monitor advances on each `optimizer.step()` (step
             hooks), reads gradients just before it and records the update it made.
             Without it, call `monitor.step()` once per training step, after backward.
-        every: record every `every`-th step (0, every, 2 every, ...), or only the steps
-            in a collection such as `log_steps(total, n)`.
+        every: record every `every`-th step (first_step, first_step + every, ...), or
+            only the steps in a collection such as `log_steps(total, n)`.
         include: module types and/or fnmatch patterns on qualified names that replace
             the default selection; `exclude` removes matches. See `selection`.
         path: directory for Parquet part files, flushed every `flush_rows` rows so
             memory stays bounded; without it rows stay in memory.
         stats: statistic groups ("activation") or single statistics ("activation.rms")
             to record; None records all (update and lr need the optimizer).
+        first_step: number of the first step (0 by default; a training loop that counts
+            optimizer steps from 1 passes 1 so both numberings agree).
     """
 
     def __init__(
@@ -237,11 +240,13 @@ class Monitor:
         path: str | os.PathLike | None = None,
         stats: str | Iterable[str] | None = None,
         flush_rows: int = 100_000,
+        first_step: int = 0,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-            raise ValueError(f"optimizer must be a torch.optim.Optimizer or None; got {type(optimizer).__name__}")
+            raise ValueError(
+                f"optimizer must be a torch.optim.Optimizer or None; got {type(optimizer).__name__}")
         if isinstance(flush_rows, bool) or not isinstance(flush_rows, int) or flush_rows < 1:
             raise ValueError(f"flush_rows must be an int >= 1; got {flush_rows!r}")
         self.model = model
@@ -251,7 +256,10 @@ class Monitor:
         self.selection = select(model, include, exclude)
         self.path = Path(path) if path is not None else None
         self.flush_rows = flush_rows
-        self.current_step = 0
+        if isinstance(first_step, bool) or not isinstance(first_step, int) or first_step < 0:
+            raise ValueError(f"first_step must be an int >= 0; got {first_step!r}")
+        self.first_step = first_step
+        self.current_step = first_step
         self._writer = PartWriter(self.path) if self.path is not None else None
         self._rows = Rows()
         self._tables: list[pa.Table] = []
@@ -266,7 +274,8 @@ class Monitor:
     # -- setup -----------------------------------------------------------------
 
     def _make_sites(self) -> dict[int, _Site]:
-        sites = {id(m): _Site(name, type(m).__name__, channel_layout(m)) for name, m in self.selection.modules}
+        sites = {id(m): _Site(name, type(m).__name__, channel_layout(m))
+                 for name, m in self.selection.modules}
         for name, block in self.selection.blocks:
             site = _Site(name, type(block).__name__)
             sites[id(block.branch)].block, sites[id(block.branch)].role = site, "branch"
@@ -319,7 +328,9 @@ class Monitor:
 
     def is_recorded(self, step: int) -> bool:
         """Whether statistics are recorded at `step`."""
-        return step % self.every == 0 if isinstance(self.every, int) else step in self.every
+        if isinstance(self.every, int):
+            return (step - self.first_step) % self.every == 0
+        return step in self.every
 
     @property
     def recording(self) -> bool:
@@ -369,15 +380,14 @@ class Monitor:
             state.order[site] = len(state.order)
         ndim = out.dim()
         channel_dim = self._channel_dim(state, site, out) if ndim == 3 else int(ndim > 1)
-        pair = self._want_block and site.block is not None
-        if self._want_activation or pair:
+        raw = None
+        if self._want_activation:
             raw = self._activation(state, out, channel_dim)
-            if self._want_activation:
-                channels = out.shape[channel_dim] if ndim else 1
-                state.activation.raws.append(raw)
-                state.activation.rows.append((site, call, None, out.numel(), channels))
-            if pair:
-                self._pair(state, site, call, out, raw[1])
+            channels = out.shape[channel_dim] if ndim else 1
+            state.activation.raws.append(raw)
+            state.activation.rows.append((site, call, None, out.numel(), channels))
+        if self._want_block and site.block is not None:
+            self._pair(state, site, call, out, statistics.sum_of_squares(out) if raw is None else raw[1])
         if self._want_grad and out.requires_grad and torch.is_grad_enabled():
             self._hook_grad(state, site, call, out)
 
@@ -509,13 +519,13 @@ class Monitor:
             self._flush()
 
     def _emit(self, state: _StepState, kind: str, rows: list[tuple], raw: np.ndarray) -> None:
+        info = np.array([row[3:] for row in rows], dtype=np.float64)  # numel (and channels)
         if kind == "activation":
-            info = np.array([row[3:5] for row in rows], dtype=np.float64)
             values = statistics.finish_activation(raw, info[:, 0], info[:, 1])
-        elif kind in ("activation_grad", "param_grad"):
-            numel = np.array([row[3] for row in rows], dtype=np.float64)
-            finish = statistics.finish_activation_grad if kind == "activation_grad" else statistics.finish_param_grad
-            values = finish(raw, numel)
+        elif kind == "activation_grad":
+            values = statistics.finish_activation_grad(raw, info[:, 0])
+        elif kind == "param_grad":
+            values = statistics.finish_param_grad(raw, info[:, 0])
         elif kind == "update":
             values = statistics.finish_update(raw)
         elif kind == "block":

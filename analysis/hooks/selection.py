@@ -22,11 +22,12 @@ Patterns = Union[Pattern, Iterable[Pattern], None]
 
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 LINEAR = (nn.Linear, nn.Bilinear, nn.Embedding, nn.EmbeddingBag, nn.MultiheadAttention)
+_RMS_NORM = (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()  # torch >= 2.4
 NORM = (
     nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
     nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
-    nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.RMSNorm,
-)
+    nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
+) + _RMS_NORM
 ACTIVATION = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU,
     nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh,
@@ -40,7 +41,7 @@ CHANNEL_FIRST = (
     nn.SyncBatchNorm, nn.LocalResponseNorm,
 )
 # Layers whose 3-D outputs are (batch, sequence, features).
-CHANNEL_LAST = LINEAR + (nn.LayerNorm, nn.RMSNorm)
+CHANNEL_LAST = LINEAR + (nn.LayerNorm,) + _RMS_NORM
 
 
 @dataclass(frozen=True)

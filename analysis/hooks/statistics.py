@@ -65,8 +65,10 @@ def _nonfinite(x: Tensor) -> Tensor:
     return torch.isfinite(x).logical_not_().sum(dtype=x.dtype)
 
 
-def _sumsq(x: Tensor) -> Tensor:
-    """Sum of squares: a BLAS dot product where x is contiguous (faster than vector_norm)."""
+def sum_of_squares(x: Tensor) -> Tensor:
+    """Sum of squares in the compute dtype: a BLAS dot product where x is contiguous
+    (faster than vector_norm)."""
+    x = _as_compute(x)
     if x.is_contiguous():
         flat = x.view(-1)
         return torch.dot(flat, flat)
@@ -105,7 +107,7 @@ def activation(x: Tensor, channel_dim: int, scratch: Scratch | None = None) -> T
         x, channel_dim = x.reshape(1, -1), 1
     dims = tuple(d for d in range(x.dim()) if d != channel_dim % x.dim())
     total = x.sum()
-    sumsq = _sumsq(x)
+    sumsq = sum_of_squares(x)
     low, high = torch.aminmax(x)
     per_channel = x.numel() // x.shape[channel_dim]
     flags = torch.eq(x, 0, out=(scratch or Scratch()).like(x))
@@ -129,7 +131,7 @@ def finish_activation(raw: np.ndarray, numel: np.ndarray, channels: np.ndarray) 
 def activation_grad(g: Tensor) -> Tensor:
     """Raw reductions of the gradient w.r.t. a module output: [sum of squares, min, max, nonfinite]."""
     g = _as_compute(g)
-    sumsq = _sumsq(g)
+    sumsq = sum_of_squares(g)
     low, high = torch.aminmax(g)
     nonfinite = g.new_zeros(()) if _fast_path(g, sumsq) else _nonfinite(g)
     return torch.stack([sumsq, low, high, nonfinite])
@@ -146,19 +148,24 @@ def _norms(tensors: list[Tensor], ord: float = 2.0) -> Tensor:
     return torch.stack(torch._foreach_norm(tensors, ord, dtype=dtype)).to(dtype)
 
 
+def _absmax(tensors: list[Tensor]) -> Tensor:
+    """max |t| of each tensor, one min/max pass each and no temporary copies."""
+    return torch.stack([torch.stack(torch.aminmax(t)) for t in tensors]).abs().amax(dim=1)
+
+
 def param_grad(grads: list[Tensor]) -> Tensor:
     """Raw reductions of gradients of one device and dtype, a (P, 3) tensor: [norm, absmax, nonfinite].
 
-    Foreach kernels: one pass for all norms, one for all absolute maxima. Non-finite
-    entries are counted as the nonzeros of g - g (NaN exactly where g is NaN or inf).
+    One foreach kernel for all norms, one min/max pass per gradient; non-finite entries
+    are counted per gradient only where a norm is non-finite (CPU) or always (elsewhere).
     """
     grads = [g.detach() for g in grads]
     norms = _norms(grads)
-    absmax = torch.stack(torch._foreach_max(torch._foreach_abs(grads))).to(norms.dtype)
+    absmax = _absmax(grads).to(norms.dtype)
     if _fast_path(norms, norms.sum()):
         nonfinite = torch.zeros_like(norms)
     else:
-        nonfinite = _norms(torch._foreach_sub(grads, grads), 0.0)
+        nonfinite = torch.stack([_nonfinite(g) for g in grads]).to(norms.dtype)
     return torch.stack([norms, absmax, nonfinite], dim=1)
 
 
