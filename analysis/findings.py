@@ -121,7 +121,7 @@ def _series(metrics: pd.DataFrame, variant: str, split: str, metric: str) -> pd.
 
 
 def _tail_mean(series: pd.Series, window: int) -> float:
-    return float(series.iloc[-window:].mean()) if len(series) else math.nan
+    return float(series.iloc[-window:].mean(skipna=False)) if len(series) else math.nan
 
 
 def _last(series: pd.Series) -> float:

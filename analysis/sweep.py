@@ -221,8 +221,12 @@ def available_cores() -> int:
 
 
 def default_workers(points: int, cores: int | None = None) -> int:
-    """Parallel points: one per two cores (each a torch process), at most one per point."""
-    return max(1, min(points, (cores or available_cores()) // 2))
+    """Parallel points, at most one per point: one per two cores, or one per core on
+    machines of two cores or fewer (kernel start-up and plotting are single-threaded,
+    so two one-thread points keep two cores busier than one two-thread point)."""
+    cores = cores or available_cores()
+    cores_per_point = 2 if cores > 2 else 1
+    return max(1, min(points, cores // cores_per_point))
 
 
 def execute_point(point: Point, *, runs_dir: str | Path, notebook: str | Path, threads: int,
@@ -353,7 +357,7 @@ def run_sweep(points: Sequence[Point], *, runs_dir: str | Path = "runs", noteboo
               progress: bool | None = None) -> pd.DataFrame:
     """Execute every point not yet complete; one row per point with its status and error.
 
-    ``workers`` parallel local executions (default: one per two cores), each
+    ``workers`` parallel local executions (default: see ``default_workers``), each
     with ``threads`` = cores // workers torch threads unless given; or, with
     ``scheduler`` (``tcp://HOST:PORT``), Dask tasks on that cluster, each with
     its worker's cores // nthreads unless ``threads`` is given. ``progress``:
@@ -532,7 +536,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--notebook", type=Path, default=DEFAULT_NOTEBOOK,
                         help="notebook to execute (default: notebooks/depth_study.ipynb of this package)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="runs and studies folder (default: runs)")
-    parser.add_argument("--workers", type=int, default=None, help="parallel local points (default: cores // 2)")
+    parser.add_argument("--workers", type=int, default=None, help="parallel local points (default: cores // 2, or cores on 2 cores or fewer)")
     parser.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
                         help="run the points on this Dask scheduler's workers instead")
     parser.add_argument("--threads", type=int, default=None,

@@ -10,11 +10,8 @@ HEADING = "Use the hooks in your own project"
 
 
 def example_code() -> str:
-    """First ```python block under the heading, from README.md if it has the section, else docs/hooks.md."""
-    readme = ROOT / "README.md"
-    text = readme.read_text() if readme.exists() else ""
-    if HEADING not in text:
-        text = (ROOT / "docs" / "hooks.md").read_text()
+    """The first ```python block under the heading in README.md."""
+    text = (ROOT / "README.md").read_text()
     section = text[text.index(HEADING):]
     match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
     assert match, f"no python block under {HEADING!r}"

@@ -280,3 +280,12 @@ def test_dask_sweep_through_scheduler_and_worker(tmp_path, dask_cluster):
     # Run again: nothing left to do.
     assert main(argv) == 0
     assert list(sweep.list_studies(runs_dir)["start_time"]) == list(studies["start_time"])
+
+
+def test_default_workers_split_the_cores():
+    from analysis.sweep import default_workers
+
+    assert default_workers(5, cores=2) == 2
+    assert default_workers(1, cores=2) == 1
+    assert default_workers(10, cores=16) == 8
+    assert default_workers(3, cores=1) == 1
