@@ -37,7 +37,7 @@ import nbformat
 import numpy as np
 import pandas as pd
 
-from analysis.store import atomic_write_text, run_dirs
+from analysis.store import FILE_MODE, atomic_write_text, run_dirs
 from analysis.summary import run_table
 from analysis.sweep import list_studies
 
@@ -189,6 +189,7 @@ def execute_summary(runs_dir: str | Path, out_dir: Path, *, kernel: str = "pytho
         if Path(tmp).stat().st_size == 0:
             return page
         executed = out_dir / f"{SUMMARY_NAME}.ipynb"
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, executed)
     finally:
         Path(tmp).unlink(missing_ok=True)

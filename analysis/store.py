@@ -43,7 +43,8 @@ def _default_file_mode() -> int:
     return 0o666 & ~umask
 
 
-_FILE_MODE = _default_file_mode()
+FILE_MODE = _default_file_mode()
+"""Mode of every file this package writes atomically (mkstemp alone would give 0600)."""
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -52,7 +53,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, _FILE_MODE)
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -80,7 +81,7 @@ def write_parquet_atomic(df: pd.DataFrame, path: str | Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        os.chmod(tmp, _FILE_MODE)
+        os.chmod(tmp, FILE_MODE)
         df.to_parquet(tmp, engine="pyarrow", index=False)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
