@@ -58,7 +58,7 @@ def test_tiny_study_renders_figures_and_findings_then_reuses_its_runs(tmp_path):
     findings = [o.data["text/markdown"] for o in _outputs(nb, "execute_result") if "text/markdown" in o.data]
     assert len(findings) == 1
     assert "The residual network ended with a train loss of" in findings[0]
-    assert re.search(r"weight-gradient norm was \d[\d.e+-]* times the last layer's at step 0", findings[0])
+    assert re.search(r"weight-gradient norm was \d[\d.e+-]* times the last layer's at step 1", findings[0])
     tables = [o.data["text/html"] for o in _outputs(nb, "execute_result") if "text/html" in o.data]
     assert any("MACs per image" in table for table in tables)
 

@@ -118,7 +118,7 @@ def test_run_study_trains_loads_and_reuses(tmp_path, capsys):
         assert (mine["run_id"] == run_id).all()
         pd.testing.assert_frame_equal(mine.drop(columns=["variant", "run_id"]).reset_index(drop=True), stored)
         stats = result.stats[result.stats["variant"] == variant]
-        assert sorted(stats["step"].unique()) == [0, 3]
+        assert sorted(stats["step"].unique()) == [1, 4]
         assert len(stats) == len(pd.read_parquet(tmp_path / run_id / "stats.parquet"))
     assert set(result.stats.loc[result.stats["kind"] == "block", "variant"]) == {"residual"}
 
