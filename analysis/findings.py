@@ -16,9 +16,11 @@ import pandas as pd
 
 from analysis.plots import (BLOCK_RATIO, GRAD_NORM, UPDATE_RATIO, block_rows, relu_layers, variants_in,
                             weight_layers)
+from analysis.summary import FINAL_COLUMNS, TRAIN_WINDOW, final_metrics
 
-FINAL_WINDOW = 10
-"""Train loss and accuracy at the end of a run: the mean over this many last recorded steps."""
+FINAL_WINDOW = TRAIN_WINDOW
+"""Train loss and accuracy at the end of a run: the mean over this many last recorded steps
+(the same definition as the cross-depth summary, :func:`analysis.summary.final_metrics`)."""
 
 COLUMNS = (
     "status", "steps", "diverged_step", "final_train_loss", "final_train_accuracy", "final_val_loss",
@@ -82,23 +84,18 @@ def compute_findings(metrics: pd.DataFrame, stats: pd.DataFrame, *,
     updates = weight_layers(stats, UPDATE_RATIO)
     dead = relu_layers(stats)
     blocks = block_rows(stats, BLOCK_RATIO[1])
+    finals = final_metrics(metrics, window=window, by="variant").set_index("variant")
     rows = {}
     for variant in variants:
-        train_loss = _series(metrics, variant, "train", "loss")
-        train_accuracy = _series(metrics, variant, "train", "accuracy")
-        val_loss = _series(metrics, variant, "val", "loss")
-        val_accuracy = _series(metrics, variant, "val", "accuracy")
+        final = finals.loc[variant]
         steps = sorted(set(stats.loc[stats["variant"] == variant, "step"]))
         first_step, last_step = (steps[0], steps[-1]) if steps else (math.nan, math.nan)
         my_dead = _at(dead, variant, last_step)["value"]
         rows[variant] = {
             "status": statuses.get(variant),
-            "steps": int(train_loss.index.max()) if len(train_loss) else 0,
+            "steps": 0 if math.isnan(final["last_step"]) else int(final["last_step"]),
             "diverged_step": diverged_steps.get(variant),
-            "final_train_loss": _tail_mean(train_loss, window),
-            "final_train_accuracy": _tail_mean(train_accuracy, window),
-            "final_val_loss": _last(val_loss),
-            "final_val_accuracy": _last(val_accuracy),
+            **{column: float(final[column]) for column in FINAL_COLUMNS},
             "first_stats_step": first_step,
             "last_stats_step": last_step,
             "grad_ratio_first": _first_over_last(_at(grads, variant, first_step)),
@@ -113,19 +110,6 @@ def compute_findings(metrics: pd.DataFrame, stats: pd.DataFrame, *,
     table.index.name = "variant"
     comparison = _compare(table)
     return Findings(table, comparison, _sentences(table, comparison, window))
-
-
-def _series(metrics: pd.DataFrame, variant: str, split: str, metric: str) -> pd.Series:
-    rows = metrics[(metrics["variant"] == variant) & (metrics["split"] == split) & (metrics["metric"] == metric)]
-    return rows.set_index("step")["value"].sort_index()
-
-
-def _tail_mean(series: pd.Series, window: int) -> float:
-    return float(series.iloc[-window:].mean(skipna=False)) if len(series) else math.nan
-
-
-def _last(series: pd.Series) -> float:
-    return float(series.iloc[-1]) if len(series) else math.nan
 
 
 def _at(rows: pd.DataFrame, variant: str, step: float) -> pd.DataFrame:

@@ -135,7 +135,7 @@ def training_curves(metrics: pd.DataFrame, *, smooth: int | None = None) -> Figu
             ax.set_ylabel(metric)
             drawn = False
             for variant in variants_in(metrics):
-                series = _series(metrics, variant, split, metric)
+                series = metric_series(metrics, variant, split, metric)
                 if series.empty:
                     continue
                 drawn = True
@@ -269,7 +269,8 @@ def _by_depth(rows: pd.DataFrame, steps: Sequence[int] | None, *, log: bool, tit
     return fig
 
 
-def _series(metrics: pd.DataFrame, variant: str, split: str, metric: str) -> pd.Series:
+def metric_series(metrics: pd.DataFrame, variant: str, split: str, metric: str) -> pd.Series:
+    """One variant's values of one metric, indexed by step."""
     rows = metrics[(metrics["variant"] == variant) & (metrics["split"] == split) & (metrics["metric"] == metric)]
     return rows.set_index("step")["value"].sort_index()
 

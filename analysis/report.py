@@ -39,7 +39,7 @@ import pandas as pd
 
 from analysis.store import FILE_MODE, atomic_write_text, run_dirs
 from analysis.summary import run_table
-from analysis.sweep import list_studies
+from analysis.sweep import first_error, list_studies
 
 SUMMARY_NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "summary.ipynb"
 STUDIES_DIR = "studies"
@@ -83,15 +83,6 @@ def notebook_html(notebook: nbformat.NotebookNode, *, title: str, show_code: boo
     )
     body, _ = exporter.from_notebook_node(notebook, resources={"metadata": {"name": title}})
     return body
-
-
-def notebook_error(notebook: nbformat.NotebookNode) -> str | None:
-    """The first error a notebook's outputs record (``Name: message``), or None."""
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            if output.get("output_type") == "error":
-                return f"{output.get('ename', 'Error')}: {output.get('evalue', '')}"
-    return None
 
 
 def compile_notebook(path: str | Path, html_path: Path, *, title: str, show_code: bool) -> str | None:
@@ -145,7 +136,7 @@ def compile_notebooks(paths: Iterable[str | Path], out_dir: Path, *, show_code: 
             notebook = nbformat.read(path, as_version=4)
             parameters = notebook.metadata.get("papermill", {}).get("parameters", {})
             page.depth, page.variants = parameters.get("depth"), parameters.get("variants")
-            page.error = notebook_error(notebook)
+            page.error = first_error(notebook.cells)
             page.status = "failed" if page.error else "complete"
         except Exception as exc:  # reported in the index like any failed study
             pages.append(Page(name, "unreadable", f"{type(exc).__name__}: {exc}"))

@@ -46,26 +46,26 @@ def load_metrics(runs_dir: str | Path) -> pd.DataFrame:
     return df[["run_id", "step", "split", "metric", "value"]].reset_index(drop=True)
 
 
-def final_metrics(metrics: pd.DataFrame, *, window: int = TRAIN_WINDOW) -> pd.DataFrame:
-    """One row per run id in ``metrics``: the final train and validation numbers (module docstring).
+def final_metrics(metrics: pd.DataFrame, *, window: int = TRAIN_WINDOW, by: str = "run_id") -> pd.DataFrame:
+    """One row per value of ``by`` (a run id, or a study's variant): the final numbers (module docstring).
 
-    Columns: ``run_id``, ``last_step`` (last recorded train step) and
+    Columns: ``by``, ``last_step`` (last recorded train step) and
     ``FINAL_COLUMNS``; NaN where a run recorded no such value.
     """
     if window < 1:
         raise ValueError(f"window: must be a positive number of steps, got {window!r}")
     rows = []
-    for run_id, run in metrics.groupby("run_id", sort=True):
+    for key, run in metrics.groupby(by, sort=True):
         train = run[run["split"] == "train"]
         val = run[run["split"] == "val"]
-        row = {"run_id": run_id, "last_step": train["step"].max() if len(train) else np.nan}
+        row = {by: key, "last_step": train["step"].max() if len(train) else np.nan}
         for metric in ("loss", "accuracy"):
             series = train[train["metric"] == metric].sort_values("step")["value"]
             row[f"final_train_{metric}"] = series.iloc[-window:].mean(skipna=False) if len(series) else np.nan
             series = val[val["metric"] == metric].sort_values("step")["value"]
             row[f"final_val_{metric}"] = series.iloc[-1] if len(series) else np.nan
         rows.append(row)
-    return pd.DataFrame(rows, columns=["run_id", "last_step", *FINAL_COLUMNS])
+    return pd.DataFrame(rows, columns=[by, "last_step", *FINAL_COLUMNS])
 
 
 def read_grad_norms(stats_path: str | Path) -> pd.DataFrame:

@@ -319,15 +319,20 @@ def failure_reason(returncode: int | None, log_text: str, notebook: Path, cell_t
 
 
 def notebook_error(path: Path) -> str | None:
-    """``ename: evalue`` of the first error output in an executed notebook."""
+    """``ename: evalue`` of the first error output in an executed notebook file."""
     try:
         cells = json.loads(path.read_text())["cells"]
     except (OSError, ValueError, KeyError):
         return None
+    return first_error(cells)
+
+
+def first_error(cells: Iterable[Mapping[str, Any]]) -> str | None:
+    """``ename: evalue`` of the first error output among notebook ``cells``, or None."""
     for cell in cells:
         for output in cell.get("outputs", []):
             if output.get("output_type") == "error":
-                return f"{output.get('ename')}: {output.get('evalue')}"
+                return f"{output.get('ename', 'Error')}: {output.get('evalue', '')}"
     return None
 
 
