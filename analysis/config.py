@@ -14,12 +14,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from analysis.data import DATASETS
+from analysis.models import NORMS, SHORTCUTS, STEMS, describe_valid_depths, valid_depth
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-NORMS = ("batch", "none")
-SHORTCUTS = ("A", "B")
-STEMS = ("cifar", "imagenet")
 
 
 class ConfigError(ValueError):
@@ -88,9 +88,6 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check every field; raise ConfigError naming the first bad one."""
-        from analysis.data import DATASETS
-        from analysis.models import describe_valid_depths, valid_depth
-
         _check_int(self, "depth", minimum=1)
         if not valid_depth(self.depth):
             raise ConfigError("depth", f"{self.depth!r} is not supported; valid depths: {describe_valid_depths()}")

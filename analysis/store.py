@@ -76,19 +76,7 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def write_parquet_atomic(df: pd.DataFrame, path: str | Path) -> None:
     """Write a DataFrame to Parquet (pyarrow) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        os.chmod(tmp, FILE_MODE)
-        df.to_parquet(tmp, engine="pyarrow", index=False)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, df.to_parquet(engine="pyarrow", index=False))
 
 
 def utc_now() -> str:
