@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from analysis.data import DATASETS
-from analysis.models import NORMS, SHORTCUTS, STEMS, describe_valid_depths, valid_depth
+from analysis.models import INITS, NORMS, SHORTCUTS, STEMS, describe_valid_depths, valid_depth
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
@@ -36,7 +36,9 @@ class TrainConfig:
 
     Model: ``depth``, ``residual``, ``shortcut`` (None: family default),
     ``norm``, ``width`` (None: family default), ``stem`` (None: family
-    default), ``zero_init_residual``.
+    default), ``zero_init_residual``, ``init`` ('kaiming'; 'fixup' for residual
+    networks with norm='none'; 'skipinit' for residual networks; see
+    :func:`analysis.models.build_model`).
     Data: ``dataset``, ``data_root``, ``image_size``, ``download``.
     Optimisation: ``batch_size``, ``steps``, ``optimizer``, ``lr``,
     ``momentum``, ``nesterov``, ``weight_decay``, ``betas`` (Adam/AdamW),
@@ -57,6 +59,7 @@ class TrainConfig:
     width: int | None = None
     stem: str | None = None
     zero_init_residual: bool = False
+    init: str = "kaiming"
     dataset: str = "synthetic"
     data_root: str | None = None
     image_size: int = 32
@@ -98,10 +101,17 @@ class TrainConfig:
             _check_int(self, "width", minimum=1)
         _check_choice(self, "stem", STEMS, optional=True)
         _check_bool(self, "zero_init_residual")
+        _check_choice(self, "init", INITS)
+        if self.zero_init_residual and self.init != "kaiming":
+            raise ConfigError("zero_init_residual", f"requires init='kaiming' (init={self.init!r} already zeroes each branch)")
         if self.zero_init_residual and not self.residual:
             raise ConfigError("zero_init_residual", "requires residual=True (it would zero every plain block)")
         if self.zero_init_residual and self.norm == "none":
             raise ConfigError("zero_init_residual", "requires norm='batch' (it zeroes the last batch-norm gamma)")
+        if self.init != "kaiming" and not self.residual:
+            raise ConfigError("init", f"{self.init!r} requires residual=True (plain networks allow only 'kaiming')")
+        if self.init == "fixup" and self.norm != "none":
+            raise ConfigError("init", "'fixup' requires norm='none' (with norm='batch' use 'kaiming' or 'skipinit')")
         _check_choice(self, "dataset", DATASETS)
         if self.data_root is not None and not isinstance(self.data_root, str):
             raise ConfigError("data_root", f"must be a path string or None, got {self.data_root!r}")

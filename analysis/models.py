@@ -5,6 +5,9 @@ CIFAR-style ResNets (6n+2 layers), each either with shortcut connections (`resid
 or as the plain network with the same branch layers and no shortcuts (`residual=False`).
 Blocks expose their residual branch as `block.branch` and their shortcut as
 `block.shortcut`, and every ReLU is its own module, so forward hooks see each call apart.
+`init` chooses how residual branches start: 'kaiming' (He init, the default), 'fixup'
+(Zhang et al. 2019, no normalization) or 'skipinit' (De & Smith 2020); the last two make
+every residual branch contribute exactly zero at initialisation.
 `summarize` reports weight layers, parameters and multiply-accumulates of a model.
 """
 
@@ -23,9 +26,11 @@ from torch.utils.flop_counter import FlopCounterMode
 __all__ = [
     "IMAGENET_DEPTHS",
     "BasicBlock",
+    "Bias",
     "Bottleneck",
     "ModelSummary",
     "ResNet",
+    "Scale",
     "ZeroPadShortcut",
     "build_model",
     "describe_valid_depths",
@@ -39,6 +44,7 @@ IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
 SHORTCUTS = ("A", "B")
 NORMS = ("batch", "none")
 STEMS = ("cifar", "imagenet")
+INITS = ("kaiming", "fixup", "skipinit")
 
 # Blocks per stage for the ImageNet family (He et al. 2015, Table 1).
 _IMAGENET_LAYOUTS: dict[int, list[int]] = {
@@ -65,6 +71,34 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 def _no_norm(num_features: int) -> nn.Module:
     """Stand-in for a normalization layer when `norm='none'`."""
     return nn.Identity()
+
+
+class Bias(nn.Module):
+    """A learnable scalar, initialised to 0, added to every element (Fixup's scalar bias)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.bias
+
+
+class Scale(nn.Module):
+    """A learnable scalar multiplying every element: Fixup's multiplier (initialised to 1)
+    or SkipInit's alpha (initialised to 0)."""
+
+    def __init__(self, value: float = 1.0) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((1,), float(value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+def _scalar_bias(num_features: int) -> nn.Module:
+    """Fixup's stand-in for the stem's norm layer: a scalar bias before the stem's ReLU."""
+    return Bias()
 
 
 class ZeroPadShortcut(nn.Module):
@@ -104,8 +138,38 @@ def _make_shortcut(
     return nn.Sequential(conv1x1(in_planes, out_planes, stride), norm_layer(out_planes))
 
 
+def _make_branch(convs: Sequence[nn.Conv2d], norm_layer: NormLayer, init: str) -> nn.Sequential:
+    """A residual branch: conv, norm, relu, ..., conv, norm.
+
+    'fixup' drops the norms and puts a `Bias` before each conv and each relu, then a `Scale`
+    (1) and a `Bias` after the last conv: bias, conv, bias, relu, ..., bias, conv, scale, bias.
+    'skipinit' appends alpha, a `Scale` initialised to 0, so `branch(x)` is already
+    `alpha * f(x)`: what the block adds to its shortcut, as forward hooks on `branch` see it.
+    """
+    _check_choice("init", init, INITS)
+    fixup = init == "fixup"
+    layers: list[nn.Module] = []
+    for conv in convs[:-1]:
+        if fixup:
+            layers += [Bias(), conv, Bias(), nn.ReLU()]
+        else:
+            layers += [conv, norm_layer(conv.out_channels), nn.ReLU()]
+    last = convs[-1]
+    if fixup:
+        layers += [Bias(), last, Scale(1.0), Bias()]
+    else:
+        layers += [last, norm_layer(last.out_channels)]
+    if init == "skipinit":
+        layers.append(Scale(0.0))
+    return nn.Sequential(*layers)
+
+
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions; `relu(branch(x) + shortcut(x))`, or `relu(branch(x))` when plain."""
+    """Two 3x3 convolutions; `relu(branch(x) + shortcut(x))`, or `relu(branch(x))` when plain.
+
+    `init` ('kaiming', 'fixup', 'skipinit') sets the branch's layers (see `_make_branch`);
+    the weights themselves are initialised by `ResNet`.
+    """
 
     expansion: int = 1
     num_convs: int = 2
@@ -119,15 +183,12 @@ class BasicBlock(nn.Module):
         residual: bool = True,
         shortcut: str = "B",
         norm_layer: NormLayer = nn.BatchNorm2d,
+        init: str = "kaiming",
     ) -> None:
         super().__init__()
         out_planes = planes * self.expansion
-        self.branch = nn.Sequential(
-            conv3x3(in_planes, planes, stride),
-            norm_layer(planes),
-            nn.ReLU(),
-            conv3x3(planes, out_planes),
-            norm_layer(out_planes),
+        self.branch = _make_branch(
+            [conv3x3(in_planes, planes, stride), conv3x3(planes, out_planes)], norm_layer, init
         )
         self.shortcut = (
             _make_shortcut(in_planes, out_planes, stride, shortcut, norm_layer)
@@ -143,7 +204,11 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (carrying the stride, as in torchvision v1.5), 1x1 expand by 4."""
+    """1x1 reduce, 3x3 (carrying the stride, as in torchvision v1.5), 1x1 expand by 4.
+
+    `init` ('kaiming', 'fixup', 'skipinit') sets the branch's layers (see `_make_branch`);
+    the weights themselves are initialised by `ResNet`.
+    """
 
     expansion: int = 4
     num_convs: int = 3
@@ -157,19 +222,16 @@ class Bottleneck(nn.Module):
         residual: bool = True,
         shortcut: str = "B",
         norm_layer: NormLayer = nn.BatchNorm2d,
+        init: str = "kaiming",
     ) -> None:
         super().__init__()
         out_planes = planes * self.expansion
-        self.branch = nn.Sequential(
+        convs = [
             conv1x1(in_planes, planes),
-            norm_layer(planes),
-            nn.ReLU(),
             conv3x3(planes, planes, stride),
-            norm_layer(planes),
-            nn.ReLU(),
             conv1x1(planes, out_planes),
-            norm_layer(out_planes),
-        )
+        ]
+        self.branch = _make_branch(convs, norm_layer, init)
         self.shortcut = (
             _make_shortcut(in_planes, out_planes, stride, shortcut, norm_layer)
             if residual
@@ -209,7 +271,9 @@ class ResNet(nn.Module):
     `layers` gives the number of blocks per stage and `widths` their planes; the first stage
     has stride 1 and every later one halves the resolution. Four stages make the
     ImageNet family, three the CIFAR family (`family`). `depth` counts the weight layers on
-    the main path: stem conv, branch convs and the classifier.
+    the main path: stem conv, branch convs and the classifier. `init` is described in
+    `build_model`; Fixup also puts a `Bias` in the stem's norm slot and one before the
+    classifier (`head_bias`, None otherwise).
     """
 
     def __init__(
@@ -225,6 +289,7 @@ class ResNet(nn.Module):
         num_classes: int = 10,
         in_channels: int = 3,
         zero_init_residual: bool = False,
+        init: str = "kaiming",
     ) -> None:
         super().__init__()
         _check_bool("residual", residual)
@@ -234,6 +299,12 @@ class ResNet(nn.Module):
         num_classes = _check_positive_int("num_classes", num_classes)
         in_channels = _check_positive_int("in_channels", in_channels)
         _check_bool("zero_init_residual", zero_init_residual)
+        _check_choice("init", init, INITS)
+        if zero_init_residual and init != "kaiming":
+            raise ValueError(
+                f"zero_init_residual=True needs init='kaiming': init={init!r} already starts "
+                "every residual branch at zero"
+            )
         if zero_init_residual and not residual:
             raise ValueError(
                 "zero_init_residual=True needs residual=True: zeroing the last norm of each "
@@ -243,6 +314,16 @@ class ResNet(nn.Module):
             raise ValueError(
                 "zero_init_residual=True needs norm='batch': it zeroes the last BatchNorm weight "
                 f"of each branch; got norm={norm!r}"
+            )
+        if init != "kaiming" and not residual:
+            raise ValueError(
+                f"init={init!r} needs residual=True: it acts on residual branches, which a plain "
+                "network has none of; plain networks allow only init='kaiming'"
+            )
+        if init == "fixup" and norm != "none":
+            raise ValueError(
+                f"init='fixup' needs norm='none': Fixup replaces normalization; got norm={norm!r} "
+                "(with norm='batch' use init='kaiming' or 'skipinit')"
             )
         if len(layers) != len(widths) or not layers:
             raise ValueError(
@@ -254,7 +335,8 @@ class ResNet(nn.Module):
         self.family = "imagenet" if len(layers) == 4 else "cifar"
         norm_layer: NormLayer = nn.BatchNorm2d if norm == "batch" else _no_norm
 
-        self.stem = self._make_stem(stem, in_channels, widths[0], norm_layer)
+        stem_norm = _scalar_bias if init == "fixup" else norm_layer
+        self.stem = self._make_stem(stem, in_channels, widths[0], stem_norm)
         stages = []
         in_planes = widths[0]
         for i, (blocks, planes) in enumerate(zip(layers, widths)):
@@ -270,12 +352,14 @@ class ResNet(nn.Module):
                         residual=residual,
                         shortcut=shortcut,
                         norm_layer=norm_layer,
+                        init=init,
                     )
                 )
                 in_planes = planes * block.expansion
             stages.append(nn.Sequential(*stage))
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head_bias: Bias | None = Bias() if init == "fixup" else None
         self.fc = nn.Linear(in_planes, num_classes)
 
         for m in self.modules():
@@ -289,6 +373,19 @@ class ResNet(nn.Module):
             for m in self.modules():
                 if isinstance(m, (BasicBlock, Bottleneck)):
                     nn.init.constant_(m.branch[-1].weight, 0)
+        if init == "fixup":
+            # Zhang et al. 2019: zero the classifier and the last conv of each branch, and
+            # scale the other branch convs' He init by L^(-1/(2m-2)) (L branches of m convs).
+            factor = sum(layers) ** (-1.0 / (2 * block.num_convs - 2))
+            nn.init.zeros_(self.fc.weight)
+            nn.init.zeros_(self.fc.bias)
+            for m in self.modules():
+                if isinstance(m, (BasicBlock, Bottleneck)):
+                    *inner, last = [c for c in m.branch if isinstance(c, nn.Conv2d)]
+                    with torch.no_grad():
+                        for conv in inner:
+                            conv.weight.mul_(factor)
+                    nn.init.zeros_(last.weight)
 
     @staticmethod
     def _make_stem(stem: str, in_channels: int, width: int, norm_layer: NormLayer) -> nn.Sequential:
@@ -306,6 +403,8 @@ class ResNet(nn.Module):
         x = self.stages(x)
         x = self.pool(x)
         x = torch.flatten(x, 1)
+        if self.head_bias is not None:
+            x = self.head_bias(x)
         return self.fc(x)
 
 
@@ -332,6 +431,7 @@ def build_model(
     num_classes: int = 10,
     in_channels: int = 3,
     zero_init_residual: bool = False,
+    init: str = "kaiming",
 ) -> ResNet:
     """Build a ResNet of `depth` weight layers, or its plain counterpart.
 
@@ -363,8 +463,32 @@ def build_model(
         num_classes: outputs of the final linear layer. Default 10.
         in_channels: input image channels. Default 3.
         zero_init_residual: set the last BatchNorm weight of every branch to 0 so each
-            block starts as relu(shortcut(x)). Needs residual=True and norm='batch'.
-            Default False.
+            block starts as relu(shortcut(x)). Needs residual=True, norm='batch' and
+            init='kaiming'. Default False.
+        init: how the network starts. Default 'kaiming'.
+            - 'kaiming': He normal init (fan_out) of every conv, BatchNorm weight 1 and
+              bias 0, PyTorch's default for the classifier; no extra parameters.
+            - 'fixup': Fixup (Zhang, Dauphin & Ma 2019, "Fixup initialization: residual
+              learning without normalization"), which trains deep residual networks without
+              normalization by making each branch start at zero and scaling the rest so the
+              L branches together change the output by O(1) per SGD step. Needs
+              residual=True and norm='none'. Classifier weight and bias 0; last conv of
+              each branch 0; the other branch convs He init times L^(-1/(2m-2)) (L residual
+              branches of m convs: m=2 basic, 3 bottleneck); stem and projection convs keep
+              the plain He init; scalar biases (init 0) before
+              each branch conv and each branch ReLU, a scalar multiplier (init 1) and a
+              scalar bias after the last branch conv, as in the paper's reference code; plus
+              a scalar bias before the stem's ReLU and one before the classifier. Adds
+              2m+1 scalars per block (5 basic, 7 bottleneck) + 2.
+            - 'skipinit': SkipInit (De & Smith 2020, "Batch normalization biases residual
+              blocks towards the identity function in deep networks"): a learnable scalar
+              alpha, initialised to 0, multiplies each residual branch, so each block
+              starts as relu(shortcut(x)). This mimics what batch normalization does in
+              deep residual networks (it shrinks each branch relative to the shortcut, biasing
+              blocks towards the identity), which the paper finds is what lets them train;
+              alpha is the branch's
+              last layer, so `block.branch` outputs alpha * f(x). Needs residual=True; norm
+              'batch' or 'none'. Adds 1 scalar per block.
 
     Raises:
         ValueError: an invalid depth (message lists the valid ones) or option value
@@ -407,6 +531,7 @@ def build_model(
         num_classes=num_classes,
         in_channels=in_channels,
         zero_init_residual=zero_init_residual,
+        init=init,
     )
 
 

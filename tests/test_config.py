@@ -38,6 +38,8 @@ def test_lists_from_json_are_canonical():
     ("norm", "layer", "'batch', 'none'"),
     ("width", 0, ">= 1"),
     ("stem", "vit", "'cifar', 'imagenet'"),
+    ("init", "xavier", "'kaiming', 'fixup', 'skipinit'"),
+    ("init", None, "'kaiming', 'fixup', 'skipinit'"),
     ("dataset", "nope", "synthetic"),
     ("image_size", 4, ">= 8"),
     ("batch_size", 0, ">= 1"),
@@ -78,6 +80,11 @@ def test_every_invalid_value_names_its_field(field, value, words):
     ({"nesterov": True, "optimizer": "adam"}, "nesterov"),
     ({"zero_init_residual": True, "residual": False}, "zero_init_residual"),
     ({"zero_init_residual": True, "norm": "none"}, "zero_init_residual"),
+    ({"init": "fixup"}, "init"),
+    ({"init": "fixup", "norm": "none", "residual": False}, "init"),
+    ({"init": "skipinit", "residual": False}, "init"),
+    ({"init": "skipinit", "zero_init_residual": True}, "zero_init_residual"),
+    ({"init": "fixup", "norm": "none", "zero_init_residual": True}, "zero_init_residual"),
     ({"min_lr": 1.0, "lr": 0.1}, "min_lr"),
 ])
 def test_inconsistent_combinations_are_rejected(changes, field):
@@ -92,3 +99,18 @@ def test_unknown_field_lists_known_ones():
     assert info.value.field == "dpeth"
     assert "depth" in str(info.value)
     assert set(config_fields()) >= {"depth", "residual", "optimizer", "schedule", "stats_every"}
+
+
+def test_init_defaults_to_kaiming_and_allows_fixup_and_skipinit():
+    assert TrainConfig().init == "kaiming"
+    assert "init" in config_fields()
+    fixup = TrainConfig(init="fixup", norm="none").validate()
+    skipinit = TrainConfig(init="skipinit").validate()
+    TrainConfig(init="skipinit", norm="none").validate()
+    ids = {TrainConfig(norm="none").run_id(), fixup.run_id(), skipinit.run_id(), TrainConfig().run_id()}
+    assert len(ids) == 4
+    assert TrainConfig.from_dict(fixup.to_dict()) == fixup
+    with pytest.raises(ConfigError, match="norm='none'"):
+        TrainConfig(init="fixup").validate()
+    with pytest.raises(ConfigError, match="residual=True"):
+        TrainConfig(init="skipinit", residual=False).validate()

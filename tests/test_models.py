@@ -368,6 +368,9 @@ def test_bad_depth_raises(depth):
         ({"zero_init_residual": 1}, ["zero_init_residual", "True or False"]),
         ({"zero_init_residual": True, "residual": False}, ["zero_init_residual", "residual=True"]),
         ({"zero_init_residual": True, "norm": "none"}, ["zero_init_residual", "norm='batch'"]),
+        ({"init": "he"}, ["init", "'kaiming'", "'fixup'", "'skipinit'"]),
+        ({"init": "fixup"}, ["init='fixup'", "norm='none'"]),
+        ({"init": "skipinit", "residual": False}, ["init='skipinit'", "residual=True"]),
     ],
 )
 def test_bad_options_raise(kwargs, names):
