@@ -1,9 +1,12 @@
-"""Findings of a depth study: numbers computed from the run's frames, and sentences that carry them.
+"""Findings of a depth study: values per run, their spread over seeds, and sentences that carry them.
 
-:func:`compute_findings` returns a :class:`Findings` with a per-variant table
-of values, a few comparisons between the variants, and sentences built only
-from those values, so the text always describes the data at hand. The layer
-and block rows are the ones the figures in :mod:`analysis.plots` draw.
+:func:`compute_findings` returns a :class:`Findings` whose ``per_run`` table
+has one row per variant and seed (the values of :data:`analysis.outcomes.VALUES`),
+whose ``table`` gives each value's mean, spread and n per variant, and whose
+``sentences`` are built only from those numbers. A comparison between the
+variants is stated as holding only when it holds for every seed; otherwise
+it is called unresolved at this budget. ``to_json()`` is the study's
+``findings.json`` (the same shape as the report's ``summary.json``).
 """
 from __future__ import annotations
 
@@ -14,33 +17,31 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.plots import (BLOCK_RATIO, GRAD_NORM, UPDATE_RATIO, block_rows, relu_layers, variants_in,
-                            weight_layers)
-from analysis.summary import FINAL_COLUMNS, TRAIN_WINDOW, final_metrics
+from analysis import gradient_flow
+from analysis.frames import TRAIN_WINDOW, holds_for_every_seed, spread, to_json_value, variants_in
+from analysis.outcomes import VALUES, group_records, run_values
 
-FINAL_WINDOW = TRAIN_WINDOW
-"""Train loss and accuracy at the end of a run: the mean over this many last recorded steps
-(the same definition as the cross-depth summary, :func:`analysis.summary.final_metrics`)."""
-
-COLUMNS = (
-    "status", "steps", "diverged_step", "final_train_loss", "final_train_accuracy", "final_val_loss",
-    "final_val_accuracy", "first_stats_step", "last_stats_step", "grad_ratio_first", "grad_ratio_last",
-    "max_update_ratio_first", "median_update_ratio_last", "dead_fraction", "max_dead_fraction", "block_ratio",
-)
+SPREAD_COLUMNS = ("mean", "sd", "min", "max", "n")
 
 
 @dataclass(repr=False)
 class Findings:
-    """Per-variant values (``table``, one row per variant, columns :data:`COLUMNS`),
-    comparisons between the variants (``comparison``) and the ``sentences`` that report them."""
+    """``per_run`` values, their ``table`` over seeds, ``comparison`` between variants and the ``sentences``."""
 
+    per_run: pd.DataFrame
     table: pd.DataFrame
     comparison: dict[str, Any] = field(default_factory=dict)
     sentences: list[str] = field(default_factory=list)
+    groups: list[dict[str, Any]] = field(default_factory=list)
 
     def to_markdown(self) -> str:
         """The sentences as a markdown bullet list."""
         return "\n".join(f"- {sentence}" for sentence in self.sentences)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"varying": ["variant"], "groups": [...], "comparison": {...}, "sentences": [...]}`` as plain JSON."""
+        return to_json_value({"varying": ["variant"] if len(self.groups) > 1 else [], "groups": self.groups,
+                              "comparison": self.comparison, "sentences": self.sentences})
 
     def __repr__(self) -> str:
         return self.to_markdown()
@@ -49,183 +50,202 @@ class Findings:
         return self.to_markdown()
 
 
-def compute_findings(metrics: pd.DataFrame, stats: pd.DataFrame, *,
-                     statuses: dict[str, str] | None = None,
-                     diverged_steps: dict[str, int | None] | None = None,
-                     window: int = FINAL_WINDOW) -> Findings:
-    """Values and sentences of a study from its tidy ``metrics`` and ``stats`` frames.
+def compute_findings(runs: pd.DataFrame, metrics: pd.DataFrame, stats: pd.DataFrame, *,
+                     responses: pd.DataFrame | None = None,
+                     settings: pd.DataFrame | None = None) -> Findings:
+    """Values, spread and sentences of a study.
 
-    Per variant:
-
-    - ``final_train_loss`` / ``final_train_accuracy``: mean over the last
-      ``window`` recorded train steps; ``final_val_*``: the last validation;
-    - ``grad_ratio_first`` / ``grad_ratio_last``: weight-gradient norm of the
-      first main-path weight layer over that of the last (the classifier), at
-      the first and at the last recorded statistics step; below 1, gradients
-      shrink on their way back to the input;
-    - ``max_update_ratio_first``: the largest update-to-weight ratio
-      ||dW|| / ||W|| of a main-path weight layer at the first recorded step;
-      ``median_update_ratio_last``: the median over those layers at the last;
-    - ``dead_fraction``: mean over the ReLU layers of the fraction of dead
-      channels at the last recorded step; ``max_dead_fraction``: the largest;
-    - ``block_ratio``: median over residual blocks of ||branch|| / ||shortcut||
-      at the last recorded step (NaN without residual blocks).
-
-    ``statuses`` and ``diverged_steps`` (from the run records) add the outcome
-    of each run. Comparisons: ``lower_loss`` (the variant with the lower final
-    train loss; a NaN loss counts as worse than any number) and, with both
-    variants, ``loss_gap`` = plain minus residual final train loss and
-    ``val_accuracy_gap`` = residual minus plain final validation accuracy.
+    ``runs`` has one row per run (``run_id, variant, seed, status,
+    diverged_step``); ``metrics``, ``stats`` (and ``responses``, the trained
+    networks' layer-response stds) are tidy frames with a ``run_id`` column.
+    ``settings`` (one row per run id, the configuration's settings) fills the
+    groups of :meth:`Findings.to_json`; by default they hold the variant only.
     """
-    statuses = statuses or {}
-    diverged_steps = diverged_steps or {}
-    variants = variants_in(metrics)
-    grads = weight_layers(stats, GRAD_NORM)
-    updates = weight_layers(stats, UPDATE_RATIO)
-    dead = relu_layers(stats)
-    blocks = block_rows(stats, BLOCK_RATIO[1])
-    finals = final_metrics(metrics, window=window, by="variant").set_index("variant")
+    values = run_values(runs, metrics, stats)
+    per_run = runs[["variant", "seed", "run_id", "status", "diverged_step"]].merge(values, on="run_id")
+    per_run["response_std_median"] = _median_response(per_run["run_id"], responses)
+    per_run = per_run.sort_values(["variant", "seed"], key=_variant_first).reset_index(drop=True)
+    table = _spread_table(per_run)
+    comparison = _compare(per_run)
+    group_source = (settings if settings is not None else runs[["run_id", "variant"]]).merge(
+        runs[["run_id", "seed"]], on="run_id")
+    names = [name for name in group_source.columns if name not in ("run_id", "seed")]
+    groups = group_records(group_source, values, names)
+    return Findings(per_run, table, comparison, _sentences(per_run, table, comparison), groups)
+
+
+def study_findings(result: Any) -> Findings:
+    """:func:`compute_findings` for an :class:`analysis.study.StudyResult`."""
+    from analysis.study import settings_frame
+
+    return compute_findings(result.runs, result.metrics, result.stats, responses=result.responses,
+                            settings=settings_frame(result))
+
+
+def _variant_first(column: pd.Series) -> pd.Series:
+    if column.name == "variant":
+        return column.map({"residual": 0, "plain": 1}).fillna(2)
+    return column
+
+
+def _median_response(run_ids: pd.Series, responses: pd.DataFrame | None) -> list[float]:
+    """Median over layers of each run's trained-network response std (NaN without responses)."""
+    if responses is None or responses.empty:
+        return [math.nan] * len(run_ids)
+    medians = responses.groupby("run_id")["std"].median()
+    return [float(medians.get(run_id, math.nan)) for run_id in run_ids]
+
+
+def _spread_table(per_run: pd.DataFrame) -> pd.DataFrame:
+    """Rows (variant, value name), columns mean, sd, min, max, n (``diverged``: the count as its mean x n)."""
     rows = {}
-    for variant in variants:
-        final = finals.loc[variant]
-        steps = sorted(set(stats.loc[stats["variant"] == variant, "step"]))
-        first_step, last_step = (steps[0], steps[-1]) if steps else (math.nan, math.nan)
-        my_dead = _at(dead, variant, last_step)["value"]
-        rows[variant] = {
-            "status": statuses.get(variant),
-            "steps": 0 if math.isnan(final["last_step"]) else int(final["last_step"]),
-            "diverged_step": diverged_steps.get(variant),
-            **{column: float(final[column]) for column in FINAL_COLUMNS},
-            "first_stats_step": first_step,
-            "last_stats_step": last_step,
-            "grad_ratio_first": _first_over_last(_at(grads, variant, first_step)),
-            "grad_ratio_last": _first_over_last(_at(grads, variant, last_step)),
-            "max_update_ratio_first": _at(updates, variant, first_step)["value"].max(),
-            "median_update_ratio_last": _at(updates, variant, last_step)["value"].median(),
-            "dead_fraction": my_dead.mean() if len(my_dead) else math.nan,
-            "max_dead_fraction": my_dead.max() if len(my_dead) else math.nan,
-            "block_ratio": _at(blocks, variant, last_step)["value"].median(),
-        }
-    table = pd.DataFrame.from_dict(rows, orient="index", columns=list(COLUMNS))
-    table.index.name = "variant"
-    comparison = _compare(table)
-    return Findings(table, comparison, _sentences(table, comparison, window))
+    for variant in variants_in(per_run):
+        mine = per_run[per_run["variant"] == variant]
+        for name in [*VALUES, "response_std_median"]:
+            summary = spread(mine[name])
+            rows[(variant, name)] = {column: summary[column] for column in SPREAD_COLUMNS}
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=list(SPREAD_COLUMNS))
+    table.index.names = ["variant", "value"]
+    return table
 
 
-def _at(rows: pd.DataFrame, variant: str, step: float) -> pd.DataFrame:
-    return rows[(rows["variant"] == variant) & (rows["step"] == step)]
+def _paired(per_run: pd.DataFrame, name: str) -> tuple[list[float], list[float]]:
+    """Plain and residual values of ``name`` for the seeds both variants ran."""
+    wide = per_run.pivot_table(index="seed", columns="variant", values=name, aggfunc="first", dropna=False)
+    wide = wide.dropna(how="all")
+    if not {"plain", "residual"} <= set(wide.columns):
+        return [], []
+    return list(wide["plain"].astype(float)), list(wide["residual"].astype(float))
 
 
-def _first_over_last(rows: pd.DataFrame) -> float:
-    """Value of the lowest-numbered layer over that of the highest-numbered one."""
-    if rows.empty:
-        return math.nan
-    ordered = rows.sort_values("layer")["value"].to_numpy(dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return float(np.float64(ordered[0]) / np.float64(ordered[-1]))
-
-
-def _compare(table: pd.DataFrame) -> dict[str, Any]:
-    if table.empty:
+def _compare(per_run: pd.DataFrame) -> dict[str, Any]:
+    """Plain against residual, per seed: which ended with the higher train loss, and the gaps."""
+    plain, residual = _paired(per_run, "final_train_loss")
+    if not plain:
         return {}
-    loss = table["final_train_loss"].astype(float)
-    ranked = loss.fillna(math.inf)
-    comparison: dict[str, Any] = {"lower_loss": ranked.idxmin()}
-    if {"residual", "plain"} <= set(table.index):
-        comparison["loss_gap"] = loss["plain"] - loss["residual"]
-        accuracy = table["final_val_accuracy"].astype(float)
-        comparison["val_accuracy_gap"] = accuracy["residual"] - accuracy["plain"]
+    gaps = [p - r for p, r in zip(plain, residual)]
+    comparison: dict[str, Any] = {"n_seeds": len(plain), "loss_gap": spread(gaps),
+                                  "plain_loss_higher": holds_for_every_seed(plain, residual),
+                                  "seeds_plain_higher": int(sum(p > r for p, r in zip(plain, residual)))}
+    plain_acc, residual_acc = _paired(per_run, "final_val_accuracy")
+    comparison["val_accuracy_gap"] = spread([r - p for p, r in zip(plain_acc, residual_acc)])
     return comparison
 
 
-def _number(value: float, digits: int = 3) -> str:
-    """A value for a sentence: 3 significant digits, 'n/a' when missing."""
+# -- sentences ------------------------------------------------------------------
+
+def _number(value: float | None, digits: int = 3) -> str:
+    """3 significant digits; 'n/a' when missing."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return f"{value:.{digits}g}"
 
 
-def _integer(value: Any) -> str:
-    """A step count for a sentence (stored as float where a column holds NaN)."""
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else str(int(value))
-
-
-def _percent(value: float) -> str:
+def _percent(value: float | None) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
 
 
-def _signed_gap(comparison: dict[str, Any], variant: str) -> float:
-    """Validation accuracy of ``variant`` minus the other's."""
-    gap = comparison["val_accuracy_gap"]
-    return gap if variant == "residual" else -gap
+def _spread_text(table: pd.DataFrame, variant: str, name: str, form=_number) -> str:
+    """'0.512 (range 0.49 to 0.53, sd 0.02)': mean with min-max, and sd where n >= 3."""
+    row = table.loc[(variant, name)]
+    if row["n"] <= 1 or row["min"] == row["max"]:
+        return form(row["mean"])
+    text = f"{form(row['mean'])} (range {form(row['min'])} to {form(row['max'])}"
+    return text + (f", sd {form(row['sd'])})" if row["n"] >= 3 else ")")
 
 
-def _accuracy_clause(gap: float) -> str:
-    """'; its validation accuracy was N percentage points higher/lower.' (just '.' when unknown)."""
-    if math.isnan(gap):
-        return "."
-    return f"; its validation accuracy was {_number(100 * abs(gap))} percentage points {'higher' if gap >= 0 else 'lower'}."
+def _seeds_text(n: int) -> str:
+    return "one seed" if n == 1 else f"{n} seeds"
 
 
-def _sentences(table: pd.DataFrame, comparison: dict[str, Any], window: int) -> list[str]:
+def _sentences(per_run: pd.DataFrame, table: pd.DataFrame, comparison: dict[str, Any]) -> list[str]:
     sentences = []
-    for variant, row in table.iterrows():
-        if row["status"] == "diverged":
-            sentences.append(f"The {variant} network diverged: its loss became non-finite at step "
-                             f"{_integer(row['diverged_step'])}.")
-    for variant, row in table.iterrows():
+    for variant in variants_in(per_run):
+        mine = per_run[per_run["variant"] == variant]
+        diverged = mine[mine["status"] == "diverged"]
+        if len(diverged):
+            steps = ", ".join(str(int(step)) for step in diverged["diverged_step"] if pd.notna(step))
+            sentences.append(f"The {variant} network diverged in {len(diverged)} of {len(mine)} seeds: its loss "
+                             f"became non-finite at step {steps or 'n/a'}.")
+    for variant in variants_in(per_run):
+        n = int(table.loc[(variant, "final_train_loss"), "n"])
         sentences.append(
-            f"The {variant} network ended with a train loss of {_number(row['final_train_loss'])} "
-            f"(mean of its last {_integer(min(window, row['steps']))} steps), train accuracy "
-            f"{_percent(row['final_train_accuracy'])} and validation accuracy "
-            f"{_percent(row['final_val_accuracy'])} after {_integer(row['steps'])} steps.")
-    if "loss_gap" in comparison:
-        lower = comparison["lower_loss"]
-        other = "plain" if lower == "residual" else "residual"
-        if math.isfinite(comparison["loss_gap"]):
+            f"The {variant} network ({_seeds_text(n)}) ended with a train loss of "
+            f"{_spread_text(table, variant, 'final_train_loss')} (mean of its last {TRAIN_WINDOW} steps) and a "
+            f"validation accuracy of {_spread_text(table, variant, 'final_val_accuracy', _percent)}.")
+    if comparison:
+        sentences.append(_loss_comparison(comparison))
+    for end, label in (("init", "At the first recorded step (initialisation)"),
+                       ("final", "At the last recorded step")):
+        for variant in variants_in(per_run):
+            sentence = _flow_sentence(per_run, table, variant, end, label)
+            if sentence:
+                sentences.append(sentence)
+    for variant in variants_in(per_run):
+        if not math.isnan(table.loc[(variant, "update_ratio_peak_lr"), "mean"]):
             sentences.append(
-                f"The {lower} network reached the lower train loss: {_number(table.at[lower, 'final_train_loss'])} "
-                f"against {_number(table.at[other, 'final_train_loss'])}, a gap of "
-                f"{_number(abs(comparison['loss_gap']))}" + _accuracy_clause(_signed_gap(comparison, lower)))
-        else:
-            sentences.append(f"The {lower} network reached the lower train loss; the {other} network's "
-                             f"final loss is not finite.")
-    for variant, row in table.iterrows():
-        if math.isnan(row["grad_ratio_first"]):
-            continue
-        sentences.append(
-            f"In the {variant} network the first layer's weight-gradient norm was "
-            f"{_number(row['grad_ratio_first'])} times the last layer's at step {_integer(row['first_stats_step'])} "
-            f"and {_number(row['grad_ratio_last'])} times at step {_integer(row['last_stats_step'])}.")
-    for variant, row in table.iterrows():
-        if math.isnan(row["max_update_ratio_first"]):
-            continue
-        sentences.append(
-            f"In the {variant} network the update at step {_integer(row['first_stats_step'])} changed a layer's "
-            f"weights by up to {_number(row['max_update_ratio_first'])} times their norm; at step "
-            f"{_integer(row['last_stats_step'])} the median layer's update-to-weight ratio was "
-            f"{_number(row['median_update_ratio_last'])}.")
-    for variant, row in table.iterrows():
-        if math.isnan(row["dead_fraction"]):
-            continue
-        sentences.append(
-            f"At step {_integer(row['last_stats_step'])}, {_percent(row['dead_fraction'])} of the {variant} network's "
-            f"ReLU channels were dead on average over its layers (at most {_percent(row['max_dead_fraction'])} "
-            f"in one layer).")
-    for variant, row in table.iterrows():
-        if math.isnan(row["block_ratio"]):
-            continue
-        sentences.append(
-            f"In the {variant} network the median block's branch output had {_number(row['block_ratio'])} "
-            f"times the norm of its shortcut at step {_integer(row['last_stats_step'])}"
-            + (": the blocks stay close to the identity." if row["block_ratio"] < 1 else "."))
-    if not sentences:
-        sentences.append("No metrics were recorded.")
-    return sentences
+                f"At the recorded step with the highest learning rate ({_number(table.loc[(variant, 'peak_lr'), 'mean'])}), "
+                f"the median layer of the {variant} network changed its weights by "
+                f"{_spread_text(table, variant, 'update_ratio_peak_lr')} of their norm in one update.")
+    for variant in variants_in(per_run):
+        if not math.isnan(table.loc[(variant, "dead_fraction_final"), "mean"]):
+            sentences.append(
+                f"At the last recorded step, {_spread_text(table, variant, 'dead_fraction_final', _percent)} of the "
+                f"{variant} network's ReLU channels were dead on average over its layers.")
+    if "residual" in variants_in(per_run) and not math.isnan(table.loc[("residual", "block_ratio_final"), "mean"]):
+        ratio = table.loc[("residual", "block_ratio_final")]
+        where = ("below 1 in every seed: the blocks stay close to the identity" if ratio["max"] < 1
+                 else "above 1 in every seed" if ratio["min"] > 1 else "on both sides of 1 across seeds")
+        sentences.append(f"At the last recorded step the median residual block's branch output had "
+                         f"{_spread_text(table, 'residual', 'block_ratio_final')} times the norm of its shortcut, "
+                         f"{where}.")
+    response = _response_sentence(per_run, table)
+    if response:
+        sentences.append(response)
+    return sentences or ["No metrics were recorded."]
 
 
-def study_findings(result: Any, *, window: int = FINAL_WINDOW) -> Findings:
-    """:func:`compute_findings` for an :class:`analysis.study.StudyResult`, run outcomes included."""
-    return compute_findings(result.metrics, result.stats, statuses=result.statuses,
-                            diverged_steps={v: r.get("diverged_step") for v, r in result.records.items()},
-                            window=window)
+def _loss_comparison(comparison: dict[str, Any]) -> str:
+    n, higher = comparison["n_seeds"], comparison["plain_loss_higher"]
+    gap = comparison["loss_gap"]
+    gap_text = _number(gap["mean"]) + (f" (range {_number(gap['min'])} to {_number(gap['max'])})" if n > 1 else "")
+    if higher is None:
+        return (f"Unresolved at this budget: the plain network ended with the higher train loss in "
+                f"{comparison['seeds_plain_higher']} of {n} seeds (plain minus residual: {gap_text}).")
+    qualifier = "in the one seed run (not yet a conclusion)" if n == 1 else f"in every one of {n} seeds"
+    outcome = "the plain network ended with the higher train loss" if higher else \
+        "the residual network ended with a train loss at least as high as the plain one"
+    return f"{outcome[0].upper()}{outcome[1:]} {qualifier}: plain minus residual {gap_text}."
+
+
+def _flow_sentence(per_run: pd.DataFrame, table: pd.DataFrame, variant: str, end: str, label: str) -> str | None:
+    mine = per_run[per_run["variant"] == variant]
+    fits = [gradient_flow.GrowthFit(factor, math.nan, int(layers))
+            for factor, layers in zip(mine[f"grad_growth_{end}"], mine["n_layers"])]
+    words = [gradient_flow.direction(fit) for fit in fits]
+    if not any(words):
+        return None
+    counts = pd.Series([w or "unknown" for w in words]).value_counts()
+    if len(counts) == 1:
+        how = f"{counts.index[0]} in {'the one seed' if len(words) == 1 else f'all {len(words)} seeds'}"
+    else:
+        how = "differs between seeds (" + ", ".join(f"{word} in {count}" for word, count in counts.items()) + ")"
+    r2 = f"; fit r2 {_number(table.loc[(variant, 'grad_growth_r2_init'), 'mean'], 2)}" if end == "init" else ""
+    return (f"{label}, the weight-gradient norm of the {variant} network's convolutions {how}: a fitted factor of "
+            f"{_spread_text(table, variant, f'grad_growth_{end}')} per layer towards the input{r2}; the stem conv's "
+            f"norm was {_spread_text(table, variant, f'grad_ratio_{end}')} times the last conv's; with "
+            f"||g||·||W|| (which batch norm's scale invariance does not distort) the factor was "
+            f"{_spread_text(table, variant, f'scaled_growth_{end}')}.")
+
+
+def _response_sentence(per_run: pd.DataFrame, table: pd.DataFrame) -> str | None:
+    plain, residual = _paired(per_run, "response_std_median")
+    if not plain or any(np.isnan(plain + residual)):
+        return None
+    higher = holds_for_every_seed(plain, residual)
+    order = ("larger in the plain network in every seed" if higher is True
+             else "larger or equal in the residual network in every seed" if higher is False
+             else "in an order that differs between seeds")
+    return (f"In the trained networks (eval mode, a fixed validation batch), the median layer response std was "
+            f"{_spread_text(table, 'residual', 'response_std_median')} in the residual network and "
+            f"{_spread_text(table, 'plain', 'response_std_median')} in the plain one: {order}.")

@@ -6,8 +6,15 @@
   ``runs/studies/<study_id>/`` (code hidden unless ``--show-code``);
 - ``reports/summary.ipynb`` and ``reports/summary.html``: ``notebooks/summary.ipynb``
   executed with papermill over every run (parameter ``runs_dir``);
-- ``reports/index.html``: links to the summary and every study report, each
-  run's final numbers and status, and the errors of failed runs and studies.
+- ``reports/summary.json``: every configuration (all settings but the seed)
+  with its seeds and each value's mean, sd, min, max and per-seed values
+  (:func:`analysis.summary.summary_json`; NaN written as null);
+- ``reports/index.html``: links to the summary and every study report (by
+  depth), each run's final numbers and status, and the errors of failed runs
+  and studies.
+
+Outputs of cells tagged ``progress`` (the training cell's progress bars) stay
+in the executed notebooks and are left out of the HTML.
 
 Executed notebooks may also be given directly (``python -m analysis report
 out.ipynb --out reports/``); their runs folder is then taken from the
@@ -37,14 +44,17 @@ import nbformat
 import numpy as np
 import pandas as pd
 
-from analysis.store import FILE_MODE, atomic_write_text, run_dirs
-from analysis.summary import run_table
+from analysis.frames import to_json_value
+from analysis.store import FILE_MODE, atomic_write_json, atomic_write_text, run_dirs
+from analysis.summary import run_table, summary_json
 from analysis.sweep import first_error, list_studies
 
 SUMMARY_NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "summary.ipynb"
 STUDIES_DIR = "studies"
 INDEX_FILE = "index.html"
 SUMMARY_NAME = "summary"
+SUMMARY_JSON = "summary.json"
+PROGRESS_TAG = "progress"
 FAILED_STATUSES = ("failed", "diverged", "unreadable")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -74,12 +84,14 @@ class Page:
 def notebook_html(notebook: nbformat.NotebookNode, *, title: str, show_code: bool = False) -> str:
     """One self-contained HTML page for an executed notebook (lab template, images embedded)."""
     from nbconvert import HTMLExporter
+    from traitlets.config import Config
 
     exporter = HTMLExporter(
         template_name="lab", template_file=OFFLINE_TEMPLATE,
         extra_loaders=[jinja2.DictLoader({OFFLINE_TEMPLATE: OFFLINE_TEMPLATE_SOURCE})],
         embed_images=True, exclude_input=not show_code,
         exclude_input_prompt=not show_code, exclude_output_prompt=not show_code,
+        config=Config({"TagRemovePreprocessor": {"enabled": True, "remove_all_outputs_tags": {PROGRESS_TAG}}}),
     )
     body, _ = exporter.from_notebook_node(notebook, resources={"metadata": {"name": title}})
     return body
@@ -149,6 +161,14 @@ def compile_notebooks(paths: Iterable[str | Path], out_dir: Path, *, show_code: 
     return pages
 
 
+def _by_depth(page: Page) -> tuple:
+    """Sort key: studies by numeric depth (those without one last), then by name."""
+    try:
+        return (0, float(page.depth), page.name)
+    except (TypeError, ValueError):
+        return (1, 0.0, page.name)
+
+
 def runs_dir_of(notebooks: Iterable[str | Path]) -> Path | None:
     """The existing folder named by the first notebook's papermill parameter ``runs_dir``, if any."""
     for path in notebooks:
@@ -212,8 +232,10 @@ def build_reports(runs_dir: str | Path | None, out_dir: str | Path, *, show_code
     runs, summary = None, None
     if runs_dir is not None:
         runs = run_table(runs_dir)
+        atomic_write_json(out_dir / SUMMARY_JSON, to_json_value(summary_json(runs)))
         if run_dirs(runs_dir):
             summary = execute_summary(runs_dir, out_dir, kernel=kernel, show_code=show_code)
+    pages.sort(key=_by_depth)
     index = out_dir / INDEX_FILE
     atomic_write_text(index, index_html(runs_dir, runs, summary, pages))
     return index
@@ -259,8 +281,9 @@ def _summary_section(runs_dir: str | Path | None, summary: Page | None) -> str:
         return f"<p>No summary: {_esc(reason)}.</p>"
     parts = []
     if summary.href:
-        parts.append(f'<p class="summary-link"><a href="{_href(summary.href)}">Final loss and accuracy against '
-                     "depth, residual against plain, gradient-norm ratio, all runs</a></p>")
+        parts.append(f'<p class="summary-link"><a href="{_href(summary.href)}">Every configuration over its seeds: '
+                     "final loss and accuracy against depth, residual against plain, gradient flow, all runs</a> "
+                     f'(numbers as JSON: <a href="{_href(SUMMARY_JSON)}">{SUMMARY_JSON}</a>)</p>')
     if summary.error:
         parts.append(f'<p class="status">Summary {_esc(summary.status)}:</p>{_error(summary.error)}')
     return "\n".join(parts)

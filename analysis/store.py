@@ -33,6 +33,7 @@ FINISHED = ("complete", "diverged")
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.parquet"
 STATS_DIR = "stats.parquet"
+MODEL_FILE = "model.pt"
 METRIC_COLUMNS = ("step", "split", "metric", "value")
 
 
@@ -125,6 +126,21 @@ class RunDir:
     def stats_path(self) -> Path:
         return self.path / STATS_DIR
 
+    @property
+    def model_path(self) -> Path:
+        """The trained weights (``state_dict``), written when training ends without an error."""
+        return self.path / MODEL_FILE
+
+    def save_model(self, state_dict: dict[str, Any]) -> None:
+        """Write the model's weights atomically (CPU tensors, so any machine can read them)."""
+        import io
+
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save({name: tensor.detach().cpu() for name, tensor in state_dict.items()}, buffer)
+        atomic_write_bytes(self.model_path, buffer.getvalue())
+
     def exists(self) -> bool:
         return self.config_path.exists()
 
@@ -143,6 +159,7 @@ class RunDir:
         """Begin a fresh run: clear old outputs and write a ``running`` record."""
         self.path.mkdir(parents=True, exist_ok=True)
         self.metrics_path.unlink(missing_ok=True)
+        self.model_path.unlink(missing_ok=True)
         if self.stats_path.is_dir():
             for part in self.stats_path.iterdir():
                 part.unlink()

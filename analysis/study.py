@@ -1,4 +1,4 @@
-"""Depth study: one notebook parameter set in, a residual and a plain run out.
+"""Depth study: one notebook parameter set in, residual and plain runs (one per seed) out.
 
 ``notebooks/depth_study.ipynb`` is a thin layer over this module.
 :data:`PARAMETERS` lists every notebook parameter with its default and a
@@ -6,8 +6,8 @@ one-line description; :func:`validate_parameters` turns the notebook's globals
 into a checked :class:`StudyParams` (or raises a one-line
 :class:`ParameterError`); :func:`configs_for` gives the training configs (and
 so the run folders) of a study without running it; :func:`run_study` trains
-them and :func:`load_study` reads finished runs back as tidy frames with a
-``variant`` column.
+them and :func:`load_study` reads finished runs back as tidy frames with
+``variant``, ``seed`` and ``run_id`` columns.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from analysis.config import ConfigError, TrainConfig
+from analysis.config import ConfigError, TrainConfig, config_fields
+from analysis.frames import ACTIVATION_STD, NORM_TYPES, layer_rows, setting_columns, variant_of, variants_in
 from analysis.store import RunDir
 
 VARIANTS = ("both", "residual", "plain")
@@ -42,29 +43,31 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "weight_decay": (5e-4, "L2 weight decay"),
     "betas": ([0.9, 0.999], "Adam/AdamW moment decay rates"),
     "schedule": ("cosine", "learning-rate schedule after warmup: 'constant', 'step' or 'cosine'"),
-    "milestones": ([], "steps where schedule='step' multiplies the rate by gamma, e.g. [100, 200]"),
-    "gamma": (0.1, "factor applied at each milestone of schedule='step'"),
-    "min_lr": (0.0, "learning rate that schedule='cosine' ends at"),
+    "milestones": ([], "steps where the 'step' schedule multiplies the rate by gamma, e.g. [100, 200]"),
+    "gamma": (0.1, "factor applied at each milestone of the 'step' schedule"),
+    "min_lr": (0.0, "learning rate that the 'cosine' schedule ends at"),
     "warmup_steps": (30, "linear warmup steps before the schedule (fewer than steps)"),
     "norm": ("batch", "'batch' (BatchNorm) or 'none'"),
     "width": (8, "base width (channels of the first stage); None: the family default (64 ImageNet, 16 CIFAR)"),
     "stem": ("cifar", "'cifar' (3x3 conv) or 'imagenet' (7x7 stride-2 conv + max-pool); None: the family default"),
     "shortcut": (None, "'A' (zero-pad identity) or 'B' (1x1 projection) where shapes change; None: family default"),
-    "zero_init_residual": (False, "start each residual branch at zero (last BatchNorm gamma = 0); residual network only"),
-    "seed": (0, "seed of the data split, initialisation and batch order"),
+    "zero_init_residual": (False, "start each residual branch at zero (last BatchNorm gamma set to 0); residual network only"),
+    "init": ("kaiming", "'kaiming' (He normal, fan_out), 'fixup' (needs norm 'none') or 'skipinit'; residual network only"),
+    "seeds": ([0, 1, 2], "seeds (one int or a list): each variant is trained once per seed (data split, init, batch order)"),
     "device": ("auto", "'auto' (cuda, then mps, else cpu), 'cpu', 'cuda' or 'mps'"),
     "stats_every": (10, "record per-layer hook statistics every this many steps (0: none)"),
     "val_every": (50, "validate every this many steps (and at the last step)"),
     "val_batches": (None, "cap on validation batches per validation (None: the whole split)"),
     "runs_dir": ("runs", "folder of the run folders; finished runs found there are reused, not retrained"),
+    "findings_path": (None, "file to write the findings to as JSON (None: not written; sweeps set it)"),
     "threads": (1, "torch CPU threads (None: torch's default; 1 avoids thread contention on a small or shared CPU)"),
 }
 """Notebook parameters in order: name -> (default, one-line description)."""
 
 # Parameters that map to a TrainConfig field of another name or to none.
-_STUDY_ONLY = ("variants", "runs_dir")
+_STUDY_ONLY = ("variants", "runs_dir", "seeds", "findings_path")
 # TrainConfig field -> the notebook parameter that sets it.
-_FIELD_TO_PARAMETER = {"residual": "variants"}
+_FIELD_TO_PARAMETER = {"residual": "variants", "seed": "seeds"}
 # Names IPython defines in every kernel namespace; never parameters.
 _IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
 # Types papermill can inject; globals of other types are notebook state, not parameters.
@@ -114,12 +117,14 @@ class StudyParams:
     stem: str | None = "cifar"
     shortcut: str | None = None
     zero_init_residual: bool = False
-    seed: int = 0
+    init: str = "kaiming"
+    seeds: tuple[int, ...] = (0, 1, 2)
     device: str = "auto"
     stats_every: int = 10
     val_every: int = 50
     val_batches: int | None = None
     runs_dir: str = "runs"
+    findings_path: str | None = None
     threads: int | None = 1
 
     @property
@@ -132,6 +137,7 @@ class StudyParams:
         data = dataclasses.asdict(self)
         data["milestones"] = list(self.milestones)
         data["betas"] = list(self.betas)
+        data["seeds"] = list(self.seeds)
         return data
 
 
@@ -168,10 +174,14 @@ def validate_parameters(namespace: Mapping[str, Any]) -> StudyParams:
             raise ParameterError(name, f"must be True or False, got {value!r}")
     values["milestones"] = _sequence("milestones", values["milestones"], int, "a list of steps such as [100, 200]")
     values["betas"] = _sequence("betas", values["betas"], float, "two numbers in [0, 1) such as [0.9, 0.999]")
+    values["seeds"] = _seeds(values["seeds"])
     if values["variants"] not in VARIANTS:
         raise ParameterError("variants", f"{values['variants']!r} is not one of {', '.join(map(repr, VARIANTS))}")
     if not isinstance(values["runs_dir"], str) or not values["runs_dir"]:
         raise ParameterError("runs_dir", f"must be a folder path string, got {values['runs_dir']!r}")
+    if values["findings_path"] is not None and (not isinstance(values["findings_path"], str)
+                                                or not values["findings_path"]):
+        raise ParameterError("findings_path", f"must be a file path string or None, got {values['findings_path']!r}")
     params = StudyParams(**values)
     try:
         for config in configs_for(params):
@@ -198,12 +208,23 @@ def _sequence(name: str, value: Any, kind: type, expected: str) -> tuple:
     raise ParameterError(name, f"must be {expected}, got {value!r}")
 
 
+def _seeds(value: Any) -> tuple[int, ...]:
+    """One seed or a list of distinct seeds."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    seeds = _sequence("seeds", value, int, "one int or a list of distinct ints such as [0, 1, 2]")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ParameterError("seeds", f"must be one int or a list of distinct ints such as [0, 1, 2], got {value!r}")
+    return seeds
+
+
 def configs_for(params: StudyParams) -> list[TrainConfig]:
-    """The training config of each variant, residual first (run ids follow from them)."""
+    """The training config of each variant and seed, residual first (run ids follow from them)."""
     shared = {name: getattr(params, name) for name in PARAMETERS if name not in _STUDY_ONLY}
-    return [TrainConfig(**{**shared, "residual": variant == "residual",
-                           "zero_init_residual": params.zero_init_residual if variant == "residual" else False})
-            for variant in params.variant_names]
+    plain = {"zero_init_residual": False, "init": "kaiming"}
+    return [TrainConfig(**{**shared, "residual": variant == "residual", "seed": seed,
+                           **(plain if variant == "plain" else {})})
+            for variant in params.variant_names for seed in params.seeds]
 
 
 def run_ids_for(params: StudyParams) -> list[str]:
@@ -211,36 +232,41 @@ def run_ids_for(params: StudyParams) -> list[str]:
     return [config.run_id() for config in configs_for(params)]
 
 
+RESPONSE_BATCH = 256
+"""Validation images in the fixed batch that the trained networks' layer responses are measured on."""
+
+
 @dataclass
 class StudyResult:
     """Finished runs of one study, read back from their folders.
 
-    ``metrics`` and ``stats`` are tidy frames with ``variant`` and ``run_id``
-    columns in front of the stored columns; ``records`` maps each variant to
-    its run record (``config.json``); ``reused`` lists the variants whose
-    finished runs were found on disk instead of trained.
+    ``runs`` has one row per run (``run_id, variant, seed, status,
+    diverged_step``); ``metrics``, ``stats`` and ``responses`` are tidy frames
+    with ``variant``, ``seed`` and ``run_id`` columns in front;
+    ``records`` maps each run id to its record (``config.json``); ``reused``
+    lists the run ids found finished on disk instead of trained.
     """
 
     runs_dir: Path
-    run_ids: dict[str, str]
+    runs: pd.DataFrame
     records: dict[str, dict[str, Any]]
     metrics: pd.DataFrame
     stats: pd.DataFrame
+    responses: pd.DataFrame
     reused: tuple[str, ...] = field(default=())
 
     @property
     def variants(self) -> tuple[str, ...]:
-        """The variants loaded, in the order their runs were named."""
-        return tuple(self.run_ids)
+        """The variants loaded, residual first."""
+        return tuple(variants_in(self.runs))
 
     @property
-    def statuses(self) -> dict[str, str]:
-        """Variant -> run status ('complete', 'diverged', ...)."""
-        return {variant: record["status"] for variant, record in self.records.items()}
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(sorted(set(int(s) for s in self.runs["seed"])))
 
 
 def run_study(params: StudyParams, *, progress: bool | None = None) -> StudyResult:
-    """Train each variant (finished runs in ``runs_dir`` are reused) and load them back.
+    """Train each variant once per seed (finished runs in ``runs_dir`` are reused) and load them back.
 
     A diverged run is kept and reported; any other failure marks that run
     failed and is raised.
@@ -248,39 +274,77 @@ def run_study(params: StudyParams, *, progress: bool | None = None) -> StudyResu
     from analysis.train import train
 
     reused = []
-    for variant, config in zip(params.variant_names, configs_for(params)):
+    for config in configs_for(params):
         run = train(config, root=params.runs_dir, progress=progress)
-        print(f"{variant}: {'reused finished run' if run.skipped else 'trained'} {run.path} ({run.status})")
+        variant = variant_of(config.residual)
+        print(f"{variant}, seed {config.seed}: {'reused finished run' if run.skipped else 'trained'} "
+              f"{run.path} ({run.status})")
         if run.skipped:
-            reused.append(variant)
+            reused.append(run.run_id)
     result = load_study(params.runs_dir, run_ids_for(params))
     result.reused = tuple(reused)
     return result
 
 
 def load_study(runs_dir: str | Path, run_ids: list[str] | tuple[str, ...]) -> StudyResult:
-    """Read runs back from ``runs_dir`` without training: records, metrics and statistics.
+    """Read runs back from ``runs_dir`` without training: records, metrics, statistics and responses.
 
-    The variant of each run ('residual' or 'plain') comes from its stored config.
+    The variant and seed of each run come from its stored config.
     """
     from analysis.hooks import read_stats
 
     runs_dir = Path(runs_dir)
-    ids, records, metrics, stats = {}, {}, [], []
+    rows, records, metrics, stats, responses = [], {}, [], [], []
     for run_id in run_ids:
         run_dir = RunDir(runs_dir, run_id)
         if not run_dir.exists():
             raise FileNotFoundError(f"run_ids: no run record at {run_dir.config_path}")
-        record = run_dir.record()
-        variant = "residual" if record["config"]["residual"] else "plain"
-        ids[variant], records[variant] = run_id, record
-        metrics.append(_tag(run_dir.read_metrics(), variant, run_id))
+        record = records[run_id] = run_dir.record()
+        tag = {"variant": variant_of(record["config"]["residual"]), "seed": int(record["config"]["seed"]),
+               "run_id": run_id}
+        rows.append({**tag, "status": record["status"], "diverged_step": record.get("diverged_step")})
+        metrics.append(_tag(run_dir.read_metrics(), tag))
         if run_dir.stats_path.is_dir():
-            stats.append(_tag(read_stats(run_dir.stats_path), variant, run_id))
-    if not metrics:
+            stats.append(_tag(read_stats(run_dir.stats_path), tag))
+        if run_dir.model_path.exists():
+            responses.append(_tag(layer_responses(runs_dir, run_id), tag))
+    if not rows:
         raise ValueError("run_ids: name at least one run")
-    return StudyResult(runs_dir, ids, records, pd.concat(metrics, ignore_index=True),
-                       pd.concat(stats, ignore_index=True) if stats else _tag(_empty_stats(), "", ""))
+    return StudyResult(runs_dir, pd.DataFrame(rows), records, pd.concat(metrics, ignore_index=True),
+                       pd.concat(stats, ignore_index=True) if stats else _tag(_empty_stats(), _NO_TAG),
+                       pd.concat(responses, ignore_index=True) if responses
+                       else _tag(pd.DataFrame(columns=RESPONSE_COLUMNS), _NO_TAG))
+
+
+RESPONSE_COLUMNS = ("layer", "module", "module_type", "std")
+_NO_TAG = {"variant": "", "seed": -1, "run_id": ""}
+
+
+def layer_responses(runs_dir: str | Path, run_id: str, *, images: int = RESPONSE_BATCH) -> pd.DataFrame:
+    """Standard deviation of each layer's response in the trained network, as He et al. (2015, Fig. 7) measured.
+
+    The trained weights in eval mode (running batch-norm statistics), one
+    forward pass without gradients over the first ``images`` validation
+    images. The responses are the batch-norm outputs on the main path (after
+    normalisation, before the addition and the ReLU); without batch norm, the
+    conv outputs. Columns :data:`RESPONSE_COLUMNS`, ``layer`` numbered in forward order.
+    """
+    import torch
+
+    from analysis.data import load_data
+    from analysis.hooks import Monitor
+    from analysis.train import load_trained
+
+    model, config = load_trained(runs_dir, run_id)
+    data = load_data(config.dataset, root=config.data_root, seed=config.seed, image_size=config.image_size)
+    x, _ = next(iter(data.val_batches(images)))
+    types = NORM_TYPES if config.norm == "batch" else ("Conv2d",)
+    with Monitor(model, include=[torch.nn.BatchNorm2d if config.norm == "batch" else torch.nn.Conv2d],
+                 stats=["activation.std"], every=1) as monitor, torch.no_grad():
+        model(x)
+        monitor.step()
+    rows = layer_rows(monitor.frame().assign(run_id=run_id), ACTIVATION_STD, types)
+    return rows.rename(columns={"value": "std"})[list(RESPONSE_COLUMNS)].reset_index(drop=True)
 
 
 def _empty_stats() -> pd.DataFrame:
@@ -290,40 +354,35 @@ def _empty_stats() -> pd.DataFrame:
     return to_frame(SCHEMA.empty_table())
 
 
-def _tag(frame: pd.DataFrame, variant: str, run_id: str) -> pd.DataFrame:
+def _tag(frame: pd.DataFrame, tag: dict[str, Any]) -> pd.DataFrame:
+    """``frame`` with the run's ``variant``, ``seed`` and ``run_id`` as its first columns."""
     frame = frame.copy()
-    frame.insert(0, "run_id", run_id)
-    frame.insert(0, "variant", variant)
+    for position, (name, value) in enumerate(tag.items()):
+        frame.insert(position, name, value)
     return frame
 
 
 def config_table(params: StudyParams) -> pd.DataFrame:
-    """Every training setting (rows) of each variant (columns), with the run folder each one writes."""
-    configs = dict(zip(params.variant_names, configs_for(params)))
-    table = pd.DataFrame({variant: {"run folder": str(Path(params.runs_dir) / config.run_id()),
-                                    **{key: _cell(value) for key, value in config.to_dict().items()}}
-                          for variant, config in configs.items()})
+    """Every training setting (rows) of each variant and seed (columns), with the run folder each one writes."""
+    configs = {f"{variant_of(config.residual)}, seed {config.seed}": config for config in configs_for(params)}
+    table = pd.DataFrame({name: {"run folder": str(Path(params.runs_dir) / config.run_id()),
+                                 **{key: _cell(value) for key, value in config.to_dict().items()}}
+                          for name, config in configs.items()})
     table.index.name = "setting"
     return table
 
 
 def model_table(result: StudyResult) -> pd.DataFrame:
-    """One row per variant: weight layers, parameters, multiply-accumulates, and how the run ended."""
-    rows = {}
-    for variant, record in result.records.items():
+    """One row per run: weight layers, parameters, multiply-accumulates, and how the run ended."""
+    rows = []
+    for run in result.runs.itertuples():
+        record = result.records[run.run_id]
         model = record.get("model") or {}
-        rows[variant] = {
-            "layers": model.get("layers"),
-            "parameters": model.get("params"),
-            "MACs per image": model.get("macs"),
-            "status": record["status"],
-            "steps": record.get("steps_completed"),
-            "device": record.get("device"),
-            "run": record["run_id"],
-        }
-    table = pd.DataFrame.from_dict(rows, orient="index")
-    table.index.name = "variant"
-    return table
+        rows.append({"variant": run.variant, "seed": run.seed, "layers": model.get("layers"),
+                     "parameters": model.get("params"), "MACs per image": model.get("macs"),
+                     "status": record["status"], "steps": record.get("steps_completed"),
+                     "device": record.get("device"), "run": run.run_id})
+    return pd.DataFrame(rows).set_index(["variant", "seed"])
 
 
 def _cell(value: Any) -> Any:
@@ -331,3 +390,20 @@ def _cell(value: Any) -> Any:
     if isinstance(value, (list, tuple, dict)):
         return json.dumps(value)
     return "None" if value is None else value
+
+
+def write_findings(params: StudyParams, found: Any) -> Path | None:
+    """Write ``found.to_json()`` to ``params.findings_path`` atomically (nothing when it is None)."""
+    if params.findings_path is None:
+        return None
+    from analysis.store import atomic_write_json
+
+    atomic_write_json(params.findings_path, found.to_json())
+    return Path(params.findings_path)
+
+
+def settings_frame(result: StudyResult) -> pd.DataFrame:
+    """One row per run: ``run_id`` and every setting of its configuration (:func:`analysis.frames.setting_columns`)."""
+    frame = pd.DataFrame([{"run_id": run_id, **record["config"]} for run_id, record in result.records.items()])
+    frame["variant"] = frame["residual"].map(variant_of)
+    return frame[["run_id", *setting_columns(frame, config_fields())]]

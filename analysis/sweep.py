@@ -58,7 +58,8 @@ LOG_FILE = "papermill.log"
 STATUSES = ("pending", "running", "complete", "failed")
 VARIANTS = ("residual", "plain", "both")
 GRID_PARAMETERS = ("depth", "variants")  # come from --depths and --variants
-SWEEP_PARAMETERS = ("runs_dir", "threads")  # set by the sweep itself, left out of the study id
+SWEEP_PARAMETERS = ("runs_dir", "threads", "findings_path")  # set by the sweep itself, left out of the study id
+FINDINGS_FILE = "findings.json"
 DEFAULT_CELL_TIMEOUT = 3600
 KERNEL = "python3"
 ERROR_TAIL_LINES = 5
@@ -125,6 +126,8 @@ def expand_grid(depths: Iterable[int], variants: Iterable[str] = ("residual", "p
         if key in GRID_PARAMETERS:
             raise ValueError(f"{key}: set it with --{key}s, not --set" if key == "depth"
                              else f"{key}: set it with --{key}, not --set")
+        if key == "findings_path":
+            raise ValueError(f"{key}: set by the sweep (each study folder's {FINDINGS_FILE})")
         if key in SWEEP_PARAMETERS:
             raise ValueError(f"{key}: set by the sweep; use --{key.replace('_', '-')}")
         if key not in study.PARAMETERS:
@@ -186,6 +189,15 @@ def parse_settings(items: Iterable[str]) -> dict[str, list[Any]]:
     return settings
 
 
+def with_seeds(settings: dict[str, list[Any]], seeds: Sequence[int] | None) -> dict[str, list[Any]]:
+    """``settings`` with ``--seeds`` as the one value of the notebook's ``seeds`` (every point trains them all)."""
+    if seeds is None:
+        return settings
+    if "seeds" in settings:
+        raise ValueError("seeds: give them with --seeds or --set seeds=..., not both")
+    return {**settings, "seeds": [list(seeds)]}
+
+
 def study_folder(runs_dir: str | Path, identifier: str) -> Path:
     """``<runs_dir>/studies/<study_id>``."""
     return Path(runs_dir) / STUDIES_DIR / identifier
@@ -245,7 +257,8 @@ def execute_point(point: Point, *, runs_dir: str | Path, notebook: str | Path, t
     final = folder / NOTEBOOK_FILE
     final.unlink(missing_ok=True)
     partial = folder / f".{uuid.uuid4().hex}.{NOTEBOOK_FILE}"
-    parameters = {**point.parameters, "runs_dir": str(runs_dir), "threads": threads}
+    parameters = {**point.parameters, "runs_dir": str(runs_dir), "threads": threads,
+                  "findings_path": str(folder / FINDINGS_FILE)}
     command = [sys.executable, "-m", "papermill", str(notebook), str(partial),
                "-y", yaml.safe_dump(parameters), "-k", kernel, "--cwd", str(REPO_ROOT),
                "--no-progress-bar", "--no-log-output"]
@@ -536,6 +549,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depths", type=int, nargs="+", required=True, help="network depths, one point each")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["residual", "plain"],
                         help="residual, plain or both (default: both, trained side by side in one notebook)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="seeds each point trains every variant with (default: the notebook's, 0 1 2)")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=V1[,V2...]",
                         help="a notebook parameter and its values (YAML scalars); repeat for a grid")
     parser.add_argument("--notebook", type=Path, default=DEFAULT_NOTEBOOK,
@@ -554,7 +569,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """The command: exit status 0 if every point completed, 1 if any failed, 2 on bad input or no scheduler."""
     try:
-        points = expand_grid(args.depths, args.variants, parse_settings(args.settings))
+        points = expand_grid(args.depths, args.variants, with_seeds(parse_settings(args.settings), args.seeds))
         results = run_sweep(points, runs_dir=args.runs_dir, notebook=args.notebook, workers=args.workers,
                             scheduler=args.scheduler, threads=args.threads, kernel=args.kernel,
                             cell_timeout=args.cell_timeout)

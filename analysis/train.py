@@ -112,6 +112,27 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def model_for(config: TrainConfig, *, num_classes: int, in_channels: int) -> nn.Module:
+    """The network a config trains (freshly initialised from the current torch seed)."""
+    return build_model(config.depth, residual=config.residual, shortcut=config.shortcut, norm=config.norm,
+                       width=config.width, stem=config.stem, num_classes=num_classes,
+                       in_channels=in_channels, zero_init_residual=config.zero_init_residual,
+                       init=config.init)
+
+
+def load_trained(root: str | Path, run_id: str) -> tuple[nn.Module, TrainConfig]:
+    """A finished run's network with its trained weights (on the CPU, in eval mode) and its config."""
+    run_dir = RunDir(root, run_id)
+    if not run_dir.model_path.exists():
+        raise FileNotFoundError(f"run_id: {run_id} has no trained weights at {run_dir.model_path}")
+    record = run_dir.record()
+    config = TrainConfig.from_dict(record["config"])
+    data = record.get("data") or {}
+    model = model_for(config, num_classes=data["num_classes"], in_channels=data["in_channels"])
+    model.load_state_dict(torch.load(run_dir.model_path, map_location="cpu", weights_only=True))
+    return model.eval(), config
+
+
 def make_optimizer(config: TrainConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     """SGD (momentum, nesterov, weight decay), Adam or AdamW from the config."""
     if config.optimizer == "sgd":
@@ -214,9 +235,7 @@ def train(config: TrainConfig, *, root: str | Path = "runs", callbacks: Iterable
     data = load_data(config.dataset, root=config.data_root, seed=config.seed,
                      image_size=config.image_size, download=config.download)
     torch.manual_seed(config.seed)
-    model = build_model(config.depth, residual=config.residual, shortcut=config.shortcut, norm=config.norm,
-                        width=config.width, stem=config.stem, num_classes=data.num_classes,
-                        in_channels=data.in_channels, zero_init_residual=config.zero_init_residual)
+    model = model_for(config, num_classes=data.num_classes, in_channels=data.in_channels)
     summary = summarize(model, (data.in_channels, data.image_size, data.image_size)).to_dict()
     model.to(device)
     optimizer = make_optimizer(config, model.parameters())
@@ -276,6 +295,8 @@ def train(config: TrainConfig, *, root: str | Path = "runs", callbacks: Iterable
                 callback.on_train_end(run)
         finally:
             run_dir.write_metrics(rows)
+            if error is None:
+                run_dir.save_model(model.state_dict())
             run_dir.update(status=status, error=error, diverged_step=diverged_step,
                            steps_completed=run.step, end_time=utc_now())
     return RunResult(run_dir.run_id, run_dir.path, status, diverged_step=diverged_step,

@@ -11,7 +11,7 @@ from analysis.config import TrainConfig
 from analysis.study import PARAMETERS, ParameterError, StudyParams, configs_for, validate_parameters
 
 TINY = dict(depth=8, width=4, steps=6, batch_size=8, stats_every=3, val_every=3, val_batches=1,
-            warmup_steps=0, device="cpu")
+            warmup_steps=0, device="cpu", seeds=0)
 
 
 def test_parameters_and_study_params_agree():
@@ -24,8 +24,37 @@ def test_parameters_and_study_params_agree():
     assert StudyParams().to_dict() == study.parameter_defaults()
     # Every TrainConfig field but the derived ones is a notebook parameter.
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    assert train_fields - set(PARAMETERS) == {"residual"}
-    assert set(PARAMETERS) - train_fields == {"variants", "runs_dir"}
+    assert train_fields - set(PARAMETERS) == {"residual", "seed"}
+    assert set(PARAMETERS) - train_fields == {"variants", "runs_dir", "seeds", "findings_path"}
+
+
+def test_notebook_parameters_cell_matches_the_parameter_list():
+    import papermill
+
+    found = papermill.inspect_notebook(str(study_notebook()))
+    assert list(found) == list(PARAMETERS)
+    for name, (default, description) in PARAMETERS.items():
+        assert eval(found[name]["default"]) == default, name  # noqa: S307 - the notebook's own literal
+        assert found[name]["help"] == description, name
+
+
+def study_notebook():
+    from pathlib import Path
+
+    return Path(study.__file__).resolve().parents[1] / "notebooks" / "depth_study.ipynb"
+
+
+def test_seeds_take_one_int_or_a_list_of_distinct_ints():
+    assert validate_parameters({"seeds": 3}).seeds == (3,)
+    assert validate_parameters({"seeds": [0, 1, 2]}).seeds == (0, 1, 2)
+    assert validate_parameters({"seeds": "[4, 5]"}).seeds == (4, 5)
+    for bad in ([], [1, 1], "x", [0.5], True, -1):
+        with pytest.raises(ParameterError, match="^seeds: "):
+            validate_parameters({"seeds": bad})
+    params = validate_parameters({**TINY, "seeds": [0, 1]})
+    configs = configs_for(params)
+    assert [(c.residual, c.seed) for c in configs] == [(True, 0), (True, 1), (False, 0), (False, 1)]
+    assert len(set(study.run_ids_for(params))) == 4
 
 
 def test_defaults_validate_and_ignore_notebook_state():
@@ -85,9 +114,12 @@ def test_configs_follow_parameters_residual_first():
     assert residual.residual and not plain.residual
     assert residual.zero_init_residual and not plain.zero_init_residual
     for config in (residual, plain):
+        assert config.seed == 0
         for name in PARAMETERS:
-            if name not in ("variants", "runs_dir", "zero_init_residual"):
+            if name not in ("variants", "runs_dir", "zero_init_residual", "seeds", "findings_path"):
                 assert getattr(config, name) == getattr(params, name), name
+    skipinit = configs_for(validate_parameters({**TINY, "init": "skipinit"}))
+    assert [c.init for c in skipinit] == ["skipinit", "kaiming"]
     assert study.run_ids_for(params) == [residual.run_id(), plain.run_id()]
     assert residual.run_id().startswith("d8-residual-s0-") and plain.run_id().startswith("d8-plain-s0-")
     only_plain = configs_for(dataclasses.replace(params, variants="plain"))
@@ -97,51 +129,83 @@ def test_configs_follow_parameters_residual_first():
 def test_config_table_lists_each_variants_settings():
     params = validate_parameters({**TINY, "milestones": [2], "schedule": "step", "runs_dir": "somewhere"})
     table = study.config_table(params)
-    assert list(table.columns) == ["residual", "plain"]
-    assert table.loc["run folder", "plain"] == os.path.join("somewhere", configs_for(params)[1].run_id())
-    assert table.loc["residual", "residual"] is True or table.loc["residual", "residual"] == True  # noqa: E712
-    assert table.loc["milestones", "residual"] == "[2]" and table.loc["shortcut", "plain"] == "None"
-    assert table.loc["depth", "plain"] == 8
+    assert list(table.columns) == ["residual, seed 0", "plain, seed 0"]
+    assert table.loc["run folder", "plain, seed 0"] == os.path.join("somewhere", configs_for(params)[1].run_id())
+    assert table.loc["residual", "residual, seed 0"] == True  # noqa: E712
+    assert table.loc["milestones", "residual, seed 0"] == "[2]" and table.loc["shortcut", "plain, seed 0"] == "None"
+    assert table.loc["depth", "plain, seed 0"] == 8 and table.loc["seed", "plain, seed 0"] == 0
 
 
 def test_run_study_trains_loads_and_reuses(tmp_path, capsys):
-    params = validate_parameters({**TINY, "runs_dir": str(tmp_path)})
+    params = validate_parameters({**TINY, "seeds": [0, 1], "runs_dir": str(tmp_path)})
     result = study.run_study(params, progress=False)
-    assert result.variants == ("residual", "plain") and result.reused == ()
-    assert result.statuses == {"residual": "complete", "plain": "complete"}
-    assert "residual: trained" in capsys.readouterr().out
-    for variant, run_id in result.run_ids.items():
-        record = json.loads((tmp_path / run_id / "config.json").read_text())
-        assert record == result.records[variant]
-        stored = pd.read_parquet(tmp_path / run_id / "metrics.parquet")
-        mine = result.metrics[result.metrics["variant"] == variant]
-        assert (mine["run_id"] == run_id).all()
-        pd.testing.assert_frame_equal(mine.drop(columns=["variant", "run_id"]).reset_index(drop=True), stored)
-        stats = result.stats[result.stats["variant"] == variant]
+    assert result.variants == ("residual", "plain") and result.seeds == (0, 1) and result.reused == ()
+    assert result.runs[["variant", "seed"]].values.tolist() == [["residual", 0], ["residual", 1],
+                                                                 ["plain", 0], ["plain", 1]]
+    assert (result.runs["status"] == "complete").all()
+    assert "residual, seed 1: trained" in capsys.readouterr().out
+    for run in result.runs.itertuples():
+        record = json.loads((tmp_path / run.run_id / "config.json").read_text())
+        assert record == result.records[run.run_id] and record["config"]["seed"] == run.seed
+        assert (tmp_path / run.run_id / "model.pt").is_file()
+        stored = pd.read_parquet(tmp_path / run.run_id / "metrics.parquet")
+        mine = result.metrics[result.metrics["run_id"] == run.run_id]
+        assert (mine["variant"] == run.variant).all() and (mine["seed"] == run.seed).all()
+        pd.testing.assert_frame_equal(mine.drop(columns=["variant", "seed", "run_id"]).reset_index(drop=True), stored)
+        stats = result.stats[result.stats["run_id"] == run.run_id]
         assert sorted(stats["step"].unique()) == [1, 4]
-        assert len(stats) == len(pd.read_parquet(tmp_path / run_id / "stats.parquet"))
+        assert len(stats) == len(pd.read_parquet(tmp_path / run.run_id / "stats.parquet"))
+        responses = result.responses[result.responses["run_id"] == run.run_id]
+        assert responses["layer"].tolist() == list(range(1, 8))  # the 7 main-path batch norms of depth 8
     assert set(result.stats.loc[result.stats["kind"] == "block", "variant"]) == {"residual"}
+    assert study.settings_frame(result)["variant"].tolist() == ["residual", "residual", "plain", "plain"]
 
     table = study.model_table(result)
-    assert list(table.index) == ["residual", "plain"]
-    assert table.loc["plain", "layers"] == 8 and table.loc["plain", "status"] == "complete"
-    assert table.loc["residual", "parameters"] == result.records["residual"]["model"]["params"]
-    assert table.loc["residual", "MACs per image"] == result.records["residual"]["model"]["macs"]
+    assert table.index.tolist() == [("residual", 0), ("residual", 1), ("plain", 0), ("plain", 1)]
+    assert table.loc[("plain", 1), "layers"] == 8 and table.loc[("plain", 1), "status"] == "complete"
+    first = result.runs["run_id"].iloc[0]
+    assert table.loc[("residual", 0), "parameters"] == result.records[first]["model"]["params"]
 
     again = study.run_study(params, progress=False)
-    assert again.reused == ("residual", "plain") and "reused finished run" in capsys.readouterr().out
-    assert {v: r["start_time"] for v, r in again.records.items()} == \
-        {v: r["start_time"] for v, r in result.records.items()}
+    assert again.reused == tuple(result.runs["run_id"]) and "reused finished run" in capsys.readouterr().out
+    assert {k: r["start_time"] for k, r in again.records.items()} == \
+        {k: r["start_time"] for k, r in result.records.items()}
     pd.testing.assert_frame_equal(again.metrics, result.metrics)
-    loaded = study.load_study(tmp_path, list(result.run_ids.values()))
+    pd.testing.assert_frame_equal(again.responses, result.responses)
+    loaded = study.load_study(tmp_path, list(result.runs["run_id"]))
     pd.testing.assert_frame_equal(loaded.stats, result.stats)
+
+
+def test_layer_responses_are_the_trained_networks_eval_mode_stds(tmp_path):
+    """Direct computation: load the weights, eval mode, hook the batch norms, std over the first val images."""
+    import torch
+
+    from analysis.data import load_data
+    from analysis.train import load_trained
+
+    params = validate_parameters({**TINY, "variants": "plain", "runs_dir": str(tmp_path)})
+    run_id = study.run_ids_for(params)[0]
+    study.run_study(params, progress=False)
+    found = study.layer_responses(tmp_path, run_id, images=16)
+    model, config = load_trained(tmp_path, run_id)
+    x, _ = next(iter(load_data(config.dataset, seed=config.seed).val_batches(16)))
+    outputs = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out.double().std(correction=0).item()))
+             for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    assert not model.training
+    assert found["std"].tolist() == pytest.approx(outputs, rel=1e-5)
+    assert found["module_type"].eq("BatchNorm2d").all() and found["layer"].tolist() == list(range(1, 8))
 
 
 def test_without_statistics_the_stats_frame_is_empty(tmp_path):
     params = validate_parameters({**TINY, "variants": "plain", "stats_every": 0, "runs_dir": str(tmp_path)})
     result = study.run_study(params, progress=False)
     assert result.variants == ("plain",) and result.stats.empty
-    assert {"variant", "run_id", "step", "kind", "stat", "value"} <= set(result.stats.columns)
+    assert {"variant", "seed", "run_id", "step", "kind", "stat", "value"} <= set(result.stats.columns)
     train_loss = result.metrics[(result.metrics["split"] == "train") & (result.metrics["metric"] == "loss")]
     assert train_loss["step"].tolist() == [1, 2, 3, 4, 5, 6] and math.isfinite(train_loss["value"].sum())
 
