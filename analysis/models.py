@@ -5,9 +5,14 @@ CIFAR-style ResNets (6n+2 layers), each either with shortcut connections (`resid
 or as the plain network with the same branch layers and no shortcuts (`residual=False`).
 Blocks expose their residual branch as `block.branch` and their shortcut as
 `block.shortcut`, and every ReLU is its own module, so forward hooks see each call apart.
-`init` chooses how residual branches start: 'kaiming' (He init, the default), 'fixup'
-(Zhang et al. 2019, no normalization) or 'skipinit' (De & Smith 2020); the last two make
-every residual branch contribute exactly zero at initialisation.
+Initialisation, as torchvision: every conv weight is drawn kaiming normal with
+``mode='fan_out'`` (variance 2 / (out_channels * kernel area)), batch-norm weights 1 and
+biases 0, the classifier keeps PyTorch's default (uniform in +-1/sqrt(fan_in)). The fan
+mode is part of any gradient-flow number: with fan_in the stem-to-last-conv gradient
+ratio of a given seed changes too. `zero_init_residual` zeroes the last batch-norm weight of each branch
+(Goyal et al. 2017). `init` chooses how residual branches start: 'kaiming' (the above,
+the default), 'fixup' (Zhang et al. 2019, no normalization) or 'skipinit' (De & Smith
+2020); the last two make every residual branch contribute exactly zero at initialisation.
 `summarize` reports weight layers, parameters and multiply-accumulates of a model.
 """
 
