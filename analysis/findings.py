@@ -148,7 +148,7 @@ def _percent(value: float | None) -> str:
 def _spread_text(table: pd.DataFrame, variant: str, name: str, form=_number) -> str:
     """'0.512 (range 0.49 to 0.53, sd 0.02)': mean with min-max, and sd where n >= 3."""
     row = table.loc[(variant, name)]
-    if row["n"] <= 1 or row["min"] == row["max"]:
+    if row["n"] <= 1 or np.isclose(row["min"], row["max"], rtol=1e-9, atol=0):
         return form(row["mean"])
     text = f"{form(row['mean'])} (range {form(row['min'])} to {form(row['max'])}"
     return text + (f", sd {form(row['sd'])})" if row["n"] >= 3 else ")")
@@ -171,7 +171,7 @@ def _sentences(per_run: pd.DataFrame, table: pd.DataFrame, comparison: dict[str,
         n = int(table.loc[(variant, "final_train_loss"), "n"])
         sentences.append(
             f"The {variant} network ({_seeds_text(n)}) ended with a train loss of "
-            f"{_spread_text(table, variant, 'final_train_loss')} (mean of its last {TRAIN_WINDOW} steps) and a "
+            f"{_spread_text(table, variant, 'final_train_loss')} over its last {TRAIN_WINDOW} steps and a "
             f"validation accuracy of {_spread_text(table, variant, 'final_val_accuracy', _percent)}.")
     if comparison:
         sentences.append(_loss_comparison(comparison))
@@ -225,7 +225,7 @@ def _flow_sentence(per_run: pd.DataFrame, table: pd.DataFrame, variant: str, end
     words = [gradient_flow.direction(fit) for fit in fits]
     if not any(words):
         return None
-    counts = pd.Series([w or "unknown" for w in words]).value_counts()
+    counts = pd.Series([_verb(w) for w in words]).value_counts()
     if len(counts) == 1:
         how = f"{counts.index[0]} in {'the one seed' if len(words) == 1 else f'all {len(words)} seeds'}"
     else:
@@ -236,6 +236,11 @@ def _flow_sentence(per_run: pd.DataFrame, table: pd.DataFrame, variant: str, end
             f"norm was {_spread_text(table, variant, f'grad_ratio_{end}')} times the last conv's; with "
             f"||g||·||W|| (which batch norm's scale invariance does not distort) the factor was "
             f"{_spread_text(table, variant, f'scaled_growth_{end}')}.")
+
+
+def _verb(word: str) -> str:
+    """A direction as a predicate: 'grows towards the input', 'is about flat', 'is unknown'."""
+    return word if word in (gradient_flow.GROWS, gradient_flow.SHRINKS) else f"is {word or 'unknown'}"
 
 
 def _response_sentence(per_run: pd.DataFrame, table: pd.DataFrame) -> str | None:
