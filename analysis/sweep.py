@@ -1,19 +1,22 @@
-"""Run the depth-study notebook over a grid of depths and settings.
+"""Run a study notebook over a grid of depths and settings.
 
 Each point of the grid (depths x variants x ``--set`` values) is one papermill
-execution of ``notebooks/depth_study.ipynb`` with YAML-typed parameters, a
-pinned kernel and a per-cell timeout. A point lives in
-``<runs_dir>/studies/<study_id>/``: the executed ``depth_study.ipynb`` (kept
-also when it failed, with the error in it), papermill's log
-``papermill.log``, and ``study.json`` with the status (``pending``,
-``running``, ``complete`` or ``failed``), the error, the run ids the notebook
-writes, the start and end times and the worker that ran it.
+execution of a study kind's notebook (``--study``, default ``depth``:
+``notebooks/depth_study.ipynb``; see :mod:`analysis.studies`) with YAML-typed
+parameters, a pinned kernel and a per-cell timeout. A point lives in
+``<runs_dir>/studies/<study_id>/``: the executed notebook under its source
+name (kept also when it failed, with the error in it), papermill's log
+``papermill.log``, the notebook's ``findings.json``, and ``study.json`` with
+the status (``pending``, ``running``, ``complete`` or ``failed``), the error,
+the run ids the notebook writes, the start and end times and the worker that
+ran it.
 
 Re-running a sweep skips the points that completed and retries the others; a
 failed point (an exception, a killed kernel, a cell timeout) is recorded and
 never stops the rest. Example::
 
-    python -m analysis sweep --depths 20 56 110 --variants residual plain --set optimizer=sgd,adam
+    python -m analysis sweep --depths 20 56 110 --variants residual plain --seeds 0 1 2 --set optimizer=sgd,adam
+    python -m analysis sweep --study init --set "depths=[8, 20, 56]"
 
 Points run in parallel local worker processes by default (one papermill
 process, and its kernel, per point), splitting the cores between them. With
@@ -46,18 +49,16 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import pandas as pd
 import yaml
 
-from analysis import study
 from analysis.store import atomic_write_json, utc_now
+from analysis.studies import KINDS, StudyKind, kind as study_kind
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_NOTEBOOK = REPO_ROOT / "notebooks" / "depth_study.ipynb"
 STUDIES_DIR = "studies"
 STUDY_FILE = "study.json"
-NOTEBOOK_FILE = "depth_study.ipynb"
+NOTEBOOK_FILE = "depth_study.ipynb"  # the executed notebook of records that name no source notebook
 LOG_FILE = "papermill.log"
 STATUSES = ("pending", "running", "complete", "failed")
 VARIANTS = ("residual", "plain", "both")
-GRID_PARAMETERS = ("depth", "variants")  # come from --depths and --variants
 SWEEP_PARAMETERS = ("runs_dir", "threads", "findings_path")  # set by the sweep itself, left out of the study id
 FINDINGS_FILE = "findings.json"
 DEFAULT_CELL_TIMEOUT = 3600
@@ -70,29 +71,39 @@ RECORD_COLUMNS = ("study_id", "status", "error", "depth", "variants")
 TRAILING_COLUMNS = ("notebook", "run_ids", "start_time", "end_time", "worker")
 
 
-def study_id(parameters: Mapping[str, Any]) -> str:
-    """``d{depth}-{variants}-`` and a hash of the parameters (runs_dir and threads left out)."""
+def study_id(parameters: Mapping[str, Any], kind: str = "depth") -> str:
+    """A readable prefix and a hash of the parameters (those the sweep sets left out).
+
+    Depth studies: ``d{depth}-{variants}-<hash>``; other kinds:
+    ``{kind}-[d{depth}-]<hash>`` with the kind in the hash.
+    """
     payload = {key: value for key, value in parameters.items() if key not in SWEEP_PARAMETERS}
+    if kind != "depth":
+        payload["kind"] = kind
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()[:10]
-    return f"d{parameters['depth']}-{parameters['variants']}-{digest}"
+    if kind == "depth":
+        return f"d{parameters['depth']}-{parameters['variants']}-{digest}"
+    return f"{kind}-" + (f"d{parameters['depth']}-" if "depth" in parameters else "") + digest
 
 
 @dataclass(frozen=True)
 class Point:
-    """One notebook execution: a depth, the variants it trains, and its other parameters."""
+    """One notebook execution: its study kind, the grid axes it takes (depth, variants) and its other parameters."""
 
-    depth: int
-    variants: str = "both"
+    depth: int | None = None
+    variants: str | None = "both"
     settings: Mapping[str, Any] = field(default_factory=dict)
+    kind: str = "depth"
 
     @property
     def parameters(self) -> dict[str, Any]:
-        """The notebook parameters of this point (without runs_dir and threads)."""
-        return {**self.settings, "depth": self.depth, "variants": self.variants}
+        """The notebook parameters of this point (without those the sweep sets)."""
+        axes = {"depth": self.depth, "variants": self.variants}
+        return {**self.settings, **{name: axes[name] for name in study_kind(self.kind).axes}}
 
     @property
     def study_id(self) -> str:
-        return study_id(self.parameters)
+        return study_id(self.parameters, self.kind)
 
 
 def variants_parameter(variants: Iterable[str]) -> str:
@@ -106,43 +117,50 @@ def variants_parameter(variants: Iterable[str]) -> str:
     return chosen.pop()
 
 
-def expand_grid(depths: Iterable[int], variants: Iterable[str] = ("residual", "plain"),
-                settings: Mapping[str, Any] | None = None) -> list[Point]:
+def expand_grid(depths: Iterable[int] | None, variants: Iterable[str] | None = ("residual", "plain"),
+                settings: Mapping[str, Any] | None = None, *, kind: str = "depth") -> list[Point]:
     """Every point of depths x settings values (Cartesian product), validated before any work.
 
     ``settings`` maps a notebook parameter to its list of values (a
     list-valued parameter such as milestones takes a list of lists);
     parameters not given keep the notebook defaults. Each point holds every
-    parameter as :func:`analysis.study.validate_parameters` normalises it
-    (``lr=1`` becomes 1.0), so its study id pins every value and an explicit
-    default names the same study as none. Raises ValueError naming the bad field.
+    parameter as the kind's ``validate_parameters`` normalises it (``lr=1``
+    becomes 1.0), so its study id pins every value and an explicit default
+    names the same study as none. ``depths`` and ``variants`` apply to the
+    kinds that take them (see :mod:`analysis.studies`). Raises ValueError
+    naming the bad field.
     """
-    depths = list(dict.fromkeys(depths))
-    if not depths:
+    chosen = study_kind(kind)
+    depths = list(dict.fromkeys(depths or []))
+    if "depth" in chosen.axes and not depths:
         raise ValueError("depths: give at least one depth")
-    variant = variants_parameter(variants)
+    if "depth" not in chosen.axes and depths:
+        raise ValueError(f"depths: the {kind} study has no depth axis; set its parameters with --set")
+    variant = variants_parameter(variants) if "variants" in chosen.axes else None
     settings = dict(settings or {})
     for key in settings:
-        if key in GRID_PARAMETERS:
+        if key in chosen.axes:
             raise ValueError(f"{key}: set it with --{key}s, not --set" if key == "depth"
                              else f"{key}: set it with --{key}, not --set")
         if key == "findings_path":
             raise ValueError(f"{key}: set by the sweep (each study folder's {FINDINGS_FILE})")
         if key in SWEEP_PARAMETERS:
             raise ValueError(f"{key}: set by the sweep; use --{key.replace('_', '-')}")
-        if key not in study.PARAMETERS:
-            raise ValueError(f"{key}: not a notebook parameter; known parameters: {', '.join(study.PARAMETERS)}")
+        if key not in chosen.parameters:
+            raise ValueError(f"{key}: not a parameter of the {kind} study; known parameters: "
+                             f"{', '.join(chosen.parameters)}")
     grid = {key: list(value) if isinstance(value, (list, tuple)) else [value] for key, value in settings.items()}
     for key, values in grid.items():
         if not values:
             raise ValueError(f"{key}: give at least one value")
     points: dict[str, Point] = {}
-    for depth in depths:
+    for depth in depths or [None]:
+        axes = {name: value for name, value in (("depth", depth), ("variants", variant)) if name in chosen.axes}
         for combination in itertools.product(*grid.values()):
-            checked = study.validate_parameters({**dict(zip(grid, combination)), "depth": depth, "variants": variant})
-            point = Point(depth=depth, variants=variant,
+            checked = chosen.validate({**dict(zip(grid, combination)), **axes})
+            point = Point(depth=depth, variants=variant, kind=kind,
                           settings={key: value for key, value in checked.to_dict().items()
-                                    if key not in GRID_PARAMETERS + SWEEP_PARAMETERS})
+                                    if key not in chosen.axes + SWEEP_PARAMETERS})
             points.setdefault(point.study_id, point)
     return list(points.values())
 
@@ -211,18 +229,16 @@ def read_study(folder: str | Path) -> dict[str, Any] | None:
         return None
 
 
+def executed_notebook(folder: str | Path, record: Mapping[str, Any] | None) -> Path:
+    """Where a study folder keeps its executed notebook: the source notebook's name."""
+    source = (record or {}).get("source_notebook")
+    return Path(folder) / (Path(source).name if source else NOTEBOOK_FILE)
+
+
 def is_complete(folder: str | Path) -> bool:
     """True when the record says complete and the executed notebook is there."""
     record = read_study(folder)
-    return bool(record) and record.get("status") == "complete" and (Path(folder) / NOTEBOOK_FILE).exists()
-
-
-def run_ids_for(parameters: Mapping[str, Any]) -> list[str]:
-    """The run folders a notebook execution writes; none for parameters the notebook rejects."""
-    try:
-        return study.run_ids_for(study.validate_parameters(parameters))
-    except ValueError:
-        return []
+    return bool(record) and record.get("status") == "complete" and executed_notebook(folder, record).exists()
 
 
 def available_cores() -> int:
@@ -241,24 +257,25 @@ def default_workers(points: int, cores: int | None = None) -> int:
     return max(1, min(points, cores // cores_per_point))
 
 
-def execute_point(point: Point, *, runs_dir: str | Path, notebook: str | Path, threads: int,
+def execute_point(point: Point, *, runs_dir: str | Path, notebook: str | Path | None, threads: int,
                   kernel: str = KERNEL, cell_timeout: int | None = DEFAULT_CELL_TIMEOUT,
                   worker: str | None = None, cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Execute one point with papermill in a subprocess; write and return its study record.
 
-    The executed notebook goes to a temporary name in the study folder and is
-    renamed to ``depth_study.ipynb`` when papermill returns, whatever the
-    outcome. ``cancelled`` is polled while papermill runs; when it returns True
+    ``notebook=None`` executes the point's kind's notebook. The executed
+    notebook goes to a temporary name in the study folder and is renamed to
+    the source notebook's name when papermill returns, whatever the outcome. ``cancelled`` is polled while papermill runs; when it returns True
     the process group (papermill and its kernel) is stopped.
     """
     runs_dir = Path(runs_dir)
+    chosen = study_kind(point.kind)
+    notebook = Path(notebook or chosen.notebook)
     folder = study_folder(runs_dir, point.study_id)
     folder.mkdir(parents=True, exist_ok=True)
-    final = folder / NOTEBOOK_FILE
+    final = folder / notebook.name
     final.unlink(missing_ok=True)
-    partial = folder / f".{uuid.uuid4().hex}.{NOTEBOOK_FILE}"
-    parameters = {**point.parameters, "runs_dir": str(runs_dir), "threads": threads,
-                  "findings_path": str(folder / FINDINGS_FILE)}
+    partial = folder / f".{uuid.uuid4().hex}.{notebook.name}"
+    parameters = {**point.parameters, **_sweep_values(chosen, runs_dir, threads, folder)}
     command = [sys.executable, "-m", "papermill", str(notebook), str(partial),
                "-y", yaml.safe_dump(parameters), "-k", kernel, "--cwd", str(REPO_ROOT),
                "--no-progress-bar", "--no-log-output"]
@@ -267,8 +284,8 @@ def execute_point(point: Point, *, runs_dir: str | Path, notebook: str | Path, t
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "OMP_WAIT_POLICY": "PASSIVE"}
     record = {"study_id": point.study_id, "parameters": parameters, "status": "running", "error": None,
-              "run_ids": run_ids_for(parameters), "start_time": utc_now(), "end_time": None,
-              "worker": worker, "source_notebook": str(notebook)}
+              "run_ids": chosen.run_ids(parameters), "start_time": utc_now(), "end_time": None,
+              "worker": worker, "source_notebook": str(notebook), "kind": point.kind}
     with open(folder / LOG_FILE, "wb") as log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                    env=env, start_new_session=True)
@@ -289,6 +306,12 @@ def execute_point(point: Point, *, runs_dir: str | Path, notebook: str | Path, t
     record.update(status=status, error=error, end_time=utc_now())
     atomic_write_json(folder / STUDY_FILE, record)
     return record
+
+
+def _sweep_values(chosen: StudyKind, runs_dir: Path, threads: int, folder: Path) -> dict[str, Any]:
+    """The parameters the sweep sets, for those the kind's notebook takes."""
+    values = {"runs_dir": str(runs_dir), "threads": threads, "findings_path": str(folder / FINDINGS_FILE)}
+    return {name: value for name, value in values.items() if name in chosen.parameters}
 
 
 def _wait(process: subprocess.Popen, cancelled: Callable[[], bool] | None) -> bool:
@@ -369,7 +392,7 @@ class Progress:
         self.bar.close()
 
 
-def run_sweep(points: Sequence[Point], *, runs_dir: str | Path = "runs", notebook: str | Path = DEFAULT_NOTEBOOK,
+def run_sweep(points: Sequence[Point], *, runs_dir: str | Path = "runs", notebook: str | Path | None = None,
               workers: int | None = None, scheduler: str | None = None, threads: int | None = None,
               kernel: str = KERNEL, cell_timeout: int | None = DEFAULT_CELL_TIMEOUT,
               progress: bool | None = None) -> pd.DataFrame:
@@ -390,9 +413,11 @@ def run_sweep(points: Sequence[Point], *, runs_dir: str | Path = "runs", noteboo
         raise ValueError(f"cell_timeout: must be seconds >= 0 (0 or None: no limit), got {cell_timeout!r}")
     if scheduler is not None and workers is not None:
         raise ValueError("workers: not used with scheduler (the cluster's workers run the points)")
-    runs_dir, notebook = Path(runs_dir).resolve(), Path(notebook).resolve()
-    if not notebook.is_file():
-        raise ValueError(f"notebook: {notebook} does not exist")
+    runs_dir = Path(runs_dir).resolve()
+    if notebook is not None:
+        notebook = Path(notebook).resolve()
+        if not notebook.is_file():
+            raise ValueError(f"notebook: {notebook} does not exist")
     unique = {point.study_id: point for point in points}
     todo = [point for point in unique.values() if not is_complete(study_folder(runs_dir, point.study_id))]
     options = dict(runs_dir=runs_dir, notebook=notebook, kernel=kernel, cell_timeout=cell_timeout)
@@ -416,13 +441,14 @@ def run_sweep(points: Sequence[Point], *, runs_dir: str | Path = "runs", noteboo
     return pd.DataFrame(rows)
 
 
-def _mark_pending(points: Sequence[Point], runs_dir: Path, notebook: Path) -> None:
+def _mark_pending(points: Sequence[Point], runs_dir: Path, notebook: Path | None) -> None:
     """Write a ``pending`` record for each point about to be queued."""
     for point in points:
         atomic_write_json(study_folder(runs_dir, point.study_id) / STUDY_FILE,
                           {"study_id": point.study_id, "parameters": point.parameters, "status": "pending",
                            "error": None, "run_ids": [], "start_time": None, "end_time": None, "worker": None,
-                           "source_notebook": str(notebook)})
+                           "source_notebook": str(notebook or study_kind(point.kind).notebook),
+                           "kind": point.kind})
 
 
 def _run_local(points: Sequence[Point], *, workers: int, report: Callable[[int, int, int], None],
@@ -508,9 +534,10 @@ def study_row(record: Mapping[str, Any] | None, folder: Path) -> dict[str, Any]:
         return {**dict.fromkeys((*RECORD_COLUMNS, *TRAILING_COLUMNS)), "study_id": folder.name,
                 "status": "unreadable", "error": f"no readable {STUDY_FILE} in {folder}", "run_ids": []}
     parameters = dict(record.get("parameters") or {})
-    notebook = folder / NOTEBOOK_FILE
+    notebook = executed_notebook(folder, record)
     return {
         "study_id": record.get("study_id", folder.name),
+        "kind": record.get("kind", "depth"),
         "status": record.get("status"),
         "error": record.get("error"),
         "depth": parameters.pop("depth", None),
@@ -546,15 +573,18 @@ def summary_line(results: pd.DataFrame, runs_dir: str | Path) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--depths", type=int, nargs="+", required=True, help="network depths, one point each")
+    parser.add_argument("--study", default="depth", choices=list(KINDS),
+                        help="the kind of study (default: depth); see analysis.studies")
+    parser.add_argument("--depths", type=int, nargs="+", default=None,
+                        help="network depths, one point each (depth and lesion studies)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["residual", "plain"],
                         help="residual, plain or both (default: both, trained side by side in one notebook)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="seeds each point trains every variant with (default: the notebook's, 0 1 2)")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=V1[,V2...]",
                         help="a notebook parameter and its values (YAML scalars); repeat for a grid")
-    parser.add_argument("--notebook", type=Path, default=DEFAULT_NOTEBOOK,
-                        help="notebook to execute (default: notebooks/depth_study.ipynb of this package)")
+    parser.add_argument("--notebook", type=Path, default=None,
+                        help="notebook to execute (default: the study kind's notebook in this package)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="runs and studies folder (default: runs)")
     parser.add_argument("--workers", type=int, default=None, help="parallel local points (default: cores // 2, or cores on 2 cores or fewer)")
     parser.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
@@ -569,7 +599,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """The command: exit status 0 if every point completed, 1 if any failed, 2 on bad input or no scheduler."""
     try:
-        points = expand_grid(args.depths, args.variants, with_seeds(parse_settings(args.settings), args.seeds))
+        points = expand_grid(args.depths, args.variants, with_seeds(parse_settings(args.settings), args.seeds),
+                             kind=args.study)
         results = run_sweep(points, runs_dir=args.runs_dir, notebook=args.notebook, workers=args.workers,
                             scheduler=args.scheduler, threads=args.threads, kernel=args.kernel,
                             cell_timeout=args.cell_timeout)

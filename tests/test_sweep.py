@@ -20,7 +20,7 @@ from analysis.store import RunDir
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sweep_probe.ipynb"
 TINY = {"width": 4, "steps": 3, "batch_size": 8, "image_size": 16, "val_every": 3, "val_batches": 1,
-        "warmup_steps": 0, "stats_every": 1}
+        "warmup_steps": 0, "stats_every": 1, "seeds": [0]}
 
 
 def probe(behaviour: str, depth: int = 8) -> sweep.Point:
@@ -46,7 +46,7 @@ def test_expand_grid_is_the_product_with_defaults_filled():
     combos = {(p.depth, p.settings["optimizer"], p.settings["lr"]) for p in points}
     assert combos == {(d, o, lr) for d in (20, 56) for o in ("sgd", "adam") for lr in (0.1, 0.01)}
     defaults = {k: v for k, v in study.parameter_defaults().items()
-                if k not in ("depth", "variants", "runs_dir", "threads")}
+                if k not in ("depth", "variants", "runs_dir", "threads", "findings_path")}
     for point in points:
         assert point.variants == "both"
         assert point.parameters == {**defaults, "optimizer": point.settings["optimizer"],
@@ -61,7 +61,7 @@ def test_one_variant_and_duplicates():
     assert sweep.expand_grid([8], ["residual"])[0].variants == "residual"
     assert sweep.expand_grid([8], ["both"])[0].variants == "both"
     # An explicit default, or an int for a float, names the same study as leaving it out.
-    assert sweep.expand_grid([8], ["plain"], {"seed": [0], "momentum": [0.9]}) == sweep.expand_grid([8], ["plain"])
+    assert sweep.expand_grid([8], ["plain"], {"seeds": [[0, 1, 2]], "momentum": [0.9]}) == sweep.expand_grid([8], ["plain"])
     assert sweep.expand_grid([8], ["plain"], {"lr": [1]}) == sweep.expand_grid([8], ["plain"], {"lr": [1.0]})
     assert sweep.expand_grid([8], ["plain"], {"lr": [1]})[0].settings["lr"] == 1.0
 
@@ -131,14 +131,15 @@ def test_failure_is_recorded_and_rerun_retries_only_it(tmp_path, capsys):
         assert (run["threads"], run["omp"], run["cwd"]) == (threads, str(threads), str(sweep.REPO_ROOT))
     for point, status in ((ok, "complete"), (bad, "failed")):
         folder = sweep.study_folder(tmp_path, point.study_id)
-        assert sorted(p.name for p in folder.iterdir()) == ["depth_study.ipynb", "papermill.log", "study.json"]
+        assert sorted(p.name for p in folder.iterdir()) == ["papermill.log", "study.json", FIXTURE.name]
         stored = record(tmp_path, point)
-        assert stored["status"] == status
-        assert stored["parameters"] == {**point.parameters, "runs_dir": str(tmp_path), "threads": threads}
+        assert stored["status"] == status and stored["kind"] == "depth"
+        assert stored["parameters"] == {**point.parameters, "runs_dir": str(tmp_path), "threads": threads,
+                                        "findings_path": str(folder / "findings.json")}
         assert stored["start_time"] <= stored["end_time"]
         assert stored["worker"].startswith(socket.gethostname() + "/")
     # The failed notebook is kept, with the error in it.
-    assert "asked to fail" in (sweep.study_folder(tmp_path, bad.study_id) / "depth_study.ipynb").read_text()
+    assert "asked to fail" in (sweep.study_folder(tmp_path, bad.study_id) / FIXTURE.name).read_text()
 
     first = record(tmp_path, ok)
     again = sweep.run_sweep([ok, bad], runs_dir=tmp_path, notebook=FIXTURE, workers=2, cell_timeout=60,
@@ -154,10 +155,10 @@ def test_failure_is_recorded_and_rerun_retries_only_it(tmp_path, capsys):
     studies = sweep.list_studies(tmp_path).set_index("study_id")
     assert studies.loc[ok.study_id, "status"] == "complete"
     assert studies.loc[bad.study_id, "error"] == "RuntimeError: asked to fail at depth 8"
-    assert studies.loc[ok.study_id, "notebook"] == str(sweep.study_folder(tmp_path, ok.study_id) / "depth_study.ipynb")
+    assert studies.loc[ok.study_id, "notebook"] == str(sweep.study_folder(tmp_path, ok.study_id) / FIXTURE.name)
 
     # A record that says complete without its notebook is run again.
-    (sweep.study_folder(tmp_path, ok.study_id) / "depth_study.ipynb").unlink()
+    (sweep.study_folder(tmp_path, ok.study_id) / FIXTURE.name).unlink()
     assert list(sweep.run_sweep([ok], runs_dir=tmp_path, notebook=FIXTURE, workers=1)["skipped"]) == [False]
     assert [run["behaviour"] for run in executions(tmp_path)].count("ok") == 2
 
@@ -190,11 +191,22 @@ def test_depth_study_sweep_with_an_invalid_point(tmp_path):
     assert results.loc[bad.study_id, "error"].startswith("ParameterError: optimizer: 'rmsprop' is not one of")
     run_ids = results.loc[good.study_id, "run_ids"]
     expected = study.run_ids_for(study.validate_parameters(good.parameters))
-    assert run_ids == expected and len(run_ids) == 2
+    assert run_ids == expected and len(run_ids) == 2 * len(good.settings["seeds"])
     for run_id in run_ids:
         stored = RunDir(tmp_path, run_id).record()
         assert stored["status"] == "complete"
         assert TrainConfig.from_dict(stored["config"]).steps == 3
+
+
+def test_seeds_option_sets_the_notebooks_seeds():
+    assert sweep.with_seeds({"lr": [0.1]}, None) == {"lr": [0.1]}
+    assert sweep.with_seeds({"lr": [0.1]}, [0, 1]) == {"lr": [0.1], "seeds": [[0, 1]]}
+    with pytest.raises(ValueError, match="^seeds: "):
+        sweep.with_seeds({"seeds": [[0]]}, [1])
+    [point] = sweep.expand_grid([8], ["both"], sweep.with_seeds({}, [0, 1]))
+    assert point.settings["seeds"] == [0, 1]
+    with pytest.raises(ValueError, match="^findings_path: set by the sweep"):
+        sweep.expand_grid([8], ["both"], {"findings_path": ["x.json"]})
 
 
 def test_cli_reports_bad_input_and_summarizes(tmp_path, capsys):
