@@ -1,38 +1,89 @@
-"""Run the default depth study on the embedded data and build its HTML report.
+"""Run every study on the embedded data and build the report that answers the five questions.
 
-A small sweep over CIFAR-style depths (8, 20, 56) at the notebook's defaults
-(width 8, 300 steps, batch 32 on the built-in synthetic data), residual and
-plain side by side, each trained with seeds 0, 1 and 2, sized to finish
-within a quarter of an hour on a 2-core CPU; then every executed notebook,
-the cross-run summary, ``summary.json`` and ``reports/index.html``.
-``make report`` runs this. Completed points are skipped, so running it again
-only rebuilds the report.
+``make report`` runs this, sized to finish within a quarter of an hour on a
+2-core CPU:
+
+- depth studies at CIFAR-style depths 8, 20 and 56, residual and plain side by
+  side, at the notebook's defaults (width 8, 300 steps, batch 32, synthetic
+  data), each network trained with seeds 0, 1 and 2;
+- the normalization, initialisation and optimizer comparison at depth 20
+  (:data:`TRAINING_CONFIGS`), the same budget and seeds;
+- the initialisation study (no training), the architecture costs, and the
+  lesion study of the trained depth-20 networks (which reuses their runs);
+- then every executed notebook, the cross-run summary, ``summary.json``,
+  ``answers.json`` and ``reports/index.html``.
+
+Completed points are skipped, so running it again only rebuilds the report.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+import pandas as pd
+
 from analysis import report, sweep
 
 DEPTHS = (8, 20, 56)
 SEEDS = (0, 1, 2)
+TRAINING_DEPTH = 20
+ADAM_LR = 0.001
+"""Adam and AdamW take this peak learning rate (their usual scale); SGD keeps the notebook's 0.05."""
+STEP_MILESTONES = [150, 225]
+"""Where the 'step' schedule divides the rate by 10 in a 300-step run (half and three quarters, as He et al.)."""
+TRAINING_CONFIGS = (
+    # Normalization and initialisation, with SGD and the cosine schedule. The options that only change the
+    # residual branches train the residual network alone: its plain counterpart is the same run as the
+    # configuration without them (and one run is never trained by two points at once).
+    ("both", {"norm": "batch"}),
+    ("residual", {"norm": "batch", "zero_init_residual": True}),
+    ("residual", {"norm": "batch", "init": "skipinit"}),
+    ("both", {"norm": "none"}),
+    ("residual", {"norm": "none", "init": "fixup"}),
+    ("residual", {"norm": "none", "init": "skipinit"}),
+    # Optimizer x schedule, with batch norm; all with the notebook's warmup.
+    ("both", {"schedule": "step", "milestones": STEP_MILESTONES}),
+    ("both", {"optimizer": "adam", "lr": ADAM_LR}),
+    ("both", {"optimizer": "adam", "lr": ADAM_LR, "schedule": "step", "milestones": STEP_MILESTONES}),
+    ("both", {"optimizer": "adamw", "lr": ADAM_LR}),
+    ("both", {"optimizer": "adamw", "lr": ADAM_LR, "schedule": "step", "milestones": STEP_MILESTONES}),
+)
+"""(variants, settings that differ from the notebook's defaults): one configuration each."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs and studies go (default: runs)")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="report folder (default: reports)")
     parser.add_argument("--depths", type=int, nargs="+", default=list(DEPTHS),
-                        help=f"depths to study (default: {' '.join(map(str, DEPTHS))})")
+                        help=f"depths of the depth studies (default: {' '.join(map(str, DEPTHS))})")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS),
                         help=f"seeds of every network (default: {' '.join(map(str, SEEDS))})")
     parser.add_argument("--workers", type=int, default=None, help="parallel notebook executions (default: by cores)")
 
 
+def training_points(seeds: list[int]) -> list[sweep.Point]:
+    """The normalization / initialisation / optimizer comparison at :data:`TRAINING_DEPTH`."""
+    points = []
+    for variants, config in TRAINING_CONFIGS:
+        settings = sweep.with_seeds({name: [value] for name, value in config.items()}, seeds)
+        points += sweep.expand_grid([TRAINING_DEPTH], [variants], settings)
+    return points
+
+
 def run(args: argparse.Namespace) -> int:
-    points = sweep.expand_grid(args.depths, ["residual", "plain"], sweep.with_seeds({}, args.seeds))
-    results = sweep.run_sweep(points, runs_dir=args.runs_dir, workers=args.workers)
+    seeds = {"seeds": [list(args.seeds)]}
+    first = [
+        *sweep.expand_grid(args.depths, ["residual", "plain"], sweep.with_seeds({}, args.seeds)),
+        *training_points(args.seeds),
+        *sweep.expand_grid(None, None, seeds, kind="init"),
+        *sweep.expand_grid(None, None, {}, kind="costs"),
+    ]
+    results = [sweep.run_sweep(first, runs_dir=args.runs_dir, workers=args.workers)]
+    # The lesion study deletes blocks of the depth-20 networks trained above, so it runs after them.
+    lesion = sweep.expand_grid([TRAINING_DEPTH], None, seeds, kind="lesion")
+    results.append(sweep.run_sweep(lesion, runs_dir=args.runs_dir, workers=args.workers))
     index = report.build_reports(args.runs_dir, args.out)
+    results = pd.concat(results, ignore_index=True)
     failed = int((results["status"] != "complete").sum())
     print(f"report: {index.resolve()}" + (f" ({failed} point(s) failed; see the index)" if failed else ""))
     return 1 if failed else 0

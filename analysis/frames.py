@@ -36,9 +36,9 @@ TRAIN_WINDOW = 10
 """Final train loss and accuracy: the mean over this many last recorded train steps (one batch is noisy)."""
 FINAL_COLUMNS = ("final_train_loss", "final_train_accuracy", "final_val_loss", "final_val_accuracy")
 
-NOT_SETTINGS = ("seed", "device", "threads", "data_root", "download", "stats_every", "val_every")
+NOT_SETTINGS = ("seed", "device", "threads", "data_root", "download", "stats_every", "val_every", "val_batches")
 """Config fields that do not define a configuration: the seed (what repeats average over) and
-fields that change where or how often things are recorded, not what is trained."""
+fields that change where, how often or on how much data things are measured, not what is trained."""
 
 
 # -- variants ------------------------------------------------------------------

@@ -139,9 +139,10 @@ def _key(value: Any) -> Any:
 
 
 def _plain(value: Any) -> Any:
+    """A setting as plain JSON: numpy scalars as Python values, NaN and pandas' missing values as None."""
     if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and math.isnan(value):
+        value = value.item()
+    if value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return None
     return value
 

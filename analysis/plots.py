@@ -4,8 +4,9 @@ Every function takes the tidy frames of :class:`analysis.study.StudyResult`
 (with ``variant``, ``seed`` and ``run_id`` columns) and returns a titled,
 labelled :class:`matplotlib.figure.Figure` made without pyplot, so nothing
 global changes and nothing is shown until the caller displays it. Lines are
-the mean over seeds and the band their range (min to max), one colour per
-variant from :data:`analysis.frames.PALETTE`. Missing data gives a figure
+the mean over seeds (on a log axis the geometric mean, as seaborn averages
+after the transform; right for ratios) and the band their range (min to
+max), one colour per variant from :data:`analysis.frames.PALETTE`. Missing data gives a figure
 that says so instead of an error.
 """
 from __future__ import annotations

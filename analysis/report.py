@@ -44,6 +44,7 @@ import nbformat
 import numpy as np
 import pandas as pd
 
+from analysis.answers import build_answers
 from analysis.frames import to_json_value
 from analysis.store import FILE_MODE, atomic_write_json, atomic_write_text, run_dirs
 from analysis.summary import run_table, summary_json
@@ -54,8 +55,14 @@ STUDIES_DIR = "studies"
 INDEX_FILE = "index.html"
 SUMMARY_NAME = "summary"
 SUMMARY_JSON = "summary.json"
+ANSWERS_JSON = "answers.json"
 PROGRESS_TAG = "progress"
 FAILED_STATUSES = ("failed", "diverged", "unreadable")
+BUDGET_NOTE = ("Budget: `make report` trains narrow networks (width 8, 300 steps, batch 32) on the embedded "
+               "synthetic data with 3 seeds, within 15 minutes on 2 CPU cores, so effects that need longer training "
+               "are said to be unresolved. A full-size run on a GPU: python -m analysis sweep --depths 20 56 110 "
+               "--seeds 0 1 2 --set width=16 --set steps=64000 --set batch_size=128 --set dataset=cifar10 "
+               "--set device=cuda --set stats_every=500, then python -m analysis report runs.")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 # nbconvert's lab template without the blocks that load scripts from a CDN.
@@ -79,6 +86,7 @@ class Page:
     depth: object = None
     variants: str | None = None
     run_ids: tuple[str, ...] = ()
+    kind: str = "depth"
 
 
 def notebook_html(notebook: nbformat.NotebookNode, *, title: str, show_code: bool = False) -> str:
@@ -120,7 +128,8 @@ def compile_studies(studies: pd.DataFrame, out_dir: Path, *, show_code: bool) ->
         run_ids = study.get("run_ids")
         page = Page(str(study["study_id"]), str(study["status"]), _text(study.get("error")),
                     depth=study.get("depth"), variants=_text(study.get("variants")),
-                    run_ids=tuple(run_ids) if isinstance(run_ids, (list, tuple)) else ())
+                    run_ids=tuple(run_ids) if isinstance(run_ids, (list, tuple)) else (),
+                    kind=_text(study.get("kind")) or "depth")
         notebook = _text(study.get("notebook"))
         if notebook and Path(notebook).exists():
             href = f"{STUDIES_DIR}/{_file_name(page.name)}.html"
@@ -229,15 +238,17 @@ def build_reports(runs_dir: str | Path | None, out_dir: str | Path, *, show_code
         pages = compile_studies(list_studies(runs_dir), out_dir, show_code=show_code)
     else:
         pages = compile_notebooks(studies, out_dir, show_code=show_code)
-    runs, summary = None, None
+    runs, summary, answers = None, None, None
     if runs_dir is not None:
         runs = run_table(runs_dir)
         atomic_write_json(out_dir / SUMMARY_JSON, to_json_value(summary_json(runs)))
+        answers = build_answers(runs, list_studies(runs_dir))
+        atomic_write_json(out_dir / ANSWERS_JSON, answers)
         if run_dirs(runs_dir):
             summary = execute_summary(runs_dir, out_dir, kernel=kernel, show_code=show_code)
     pages.sort(key=_by_depth)
     index = out_dir / INDEX_FILE
-    atomic_write_text(index, index_html(runs_dir, runs, summary, pages))
+    atomic_write_text(index, index_html(runs_dir, runs, summary, pages, answers))
     return index
 
 
@@ -255,24 +266,42 @@ tr.bad td { background: #fff1f0; } .status { font-weight: 600; } tr.bad .status 
 pre.error { white-space: pre-wrap; margin: 0; max-height: 12rem; overflow: auto; font-size: 0.85rem;
             color: #b3261e; }
 .summary-link { font-size: 1.1rem; }
+ol.answers li { margin-bottom: 0.8rem; } .question { font-weight: 600; margin: 0; } .answer, .evidence { margin: 0.2rem 0; }
+.evidence { font-size: 0.9rem; color: #444; }
 """
 
 
 def index_html(runs_dir: str | Path | None, runs: pd.DataFrame | None, summary: Page | None,
-               pages: list[Page]) -> str:
-    """The index page: summary link, studies and runs with their numbers and errors (all text escaped)."""
+               pages: list[Page], answers: dict | None = None) -> str:
+    """The index page: the five answers, summary link, studies and runs with their numbers and errors (all text escaped)."""
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    parts = ["<h1>Depth study reports</h1>",
+    parts = ["<h1>Why deep networks train, or fail to</h1>",
              f'<p class="meta">Runs folder: <code>{_esc(runs_dir if runs_dir is not None else "none")}</code>'
              f" &middot; built {_esc(now)}{_esc(_counts(runs))}</p>",
-             "<h2>Summary across depths</h2>", _summary_section(runs_dir, summary),
+             _answers_section(answers),
+             "<h2>Summary across runs</h2>", _summary_section(runs_dir, summary),
              f"<h2>Studies ({len(pages)})</h2>", _studies_table(pages)]
     if runs is not None:
         parts += [f"<h2>Runs ({len(runs)})</h2>", _runs_table(runs, pages)]
     body = "\n".join(parts)
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>Depth study reports</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+            f"<title>Trainability reports</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+
+
+def _answers_section(answers: dict | None) -> str:
+    """The five questions, each with its computed answer and links to the pages its numbers come from."""
+    if not answers:
+        return ""
+    items = []
+    for question in answers["questions"]:
+        links = ", ".join(f'<a href="{_href(link)}">{_esc(link)}</a>' for link in question["evidence"])
+        items.append(f'<li id="{_esc(question["id"])}"><p class="question">{_esc(question["question"])}</p>'
+                     f'<p class="answer">{_esc(question["answer"])}</p>'
+                     + (f'<p class="evidence">Evidence: {links}</p>' if links else "") + "</li>")
+    return ("<h2>Five questions, answered from these runs</h2>\n"
+            f'<p class="meta">{_esc(BUDGET_NOTE)} Numbers as JSON: <a href="{_href(ANSWERS_JSON)}">'
+            f"{ANSWERS_JSON}</a>.</p>\n<ol class=\"answers\">" + "\n".join(items) + "</ol>")
 
 
 def _summary_section(runs_dir: str | Path | None, summary: Page | None) -> str:
@@ -297,10 +326,11 @@ def _studies_table(pages: list[Page]) -> str:
         link = f'<a href="{_href(page.href)}">report</a>' if page.href else "no report"
         rows.append(
             f'<tr id="study-{_esc(page.name)}"{_bad(page.status, page.error)}>'
-            f"<td class=\"id\">{_esc(page.name)}</td><td class=\"status\">{_esc(page.status)}</td>"
+            f"<td class=\"id\">{_esc(page.name)}</td><td>{_esc(page.kind)}</td>"
+            f"<td class=\"status\">{_esc(page.status)}</td>"
             f"<td class=\"num\">{_esc(_blank(page.depth))}</td><td>{_esc(_blank(page.variants))}</td>"
             f"<td>{link}</td><td>{_error(page.error)}</td></tr>")
-    return _table(["study", "status", "depth", "variants", "report", "error"], rows)
+    return _table(["study", "kind", "status", "depth", "variants", "report", "error"], rows)
 
 
 def _runs_table(runs: pd.DataFrame, pages: list[Page]) -> str:

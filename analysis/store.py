@@ -235,7 +235,8 @@ def list_runs(root: str | Path) -> pd.DataFrame:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             rows.append({"run_id": path.name, "status": "unreadable", "error": f"{type(exc).__name__}: {exc}",
                          "path": str(path)})
-    return pd.DataFrame(rows)
+    # Object columns: a setting missing from one record must not turn the others' ints into floats.
+    return pd.DataFrame(rows, dtype=object)
 
 
 def load_runs(root: str | Path) -> pd.DataFrame:

@@ -72,7 +72,8 @@ def run_table(runs_dir: str | Path) -> pd.DataFrame:
     stats = pd.concat(stats, ignore_index=True) if stats else read_run_stats(Path(runs_dir) / "none", "")
     values = run_values(runs, load_metrics(runs_dir), stats)
     runs = runs.merge(values, on="run_id", how="left")
-    runs["depth"] = pd.to_numeric(runs["depth"], errors="coerce").astype("Int64")
+    for column in ("depth", "seed", "steps", "steps_completed", "diverged_step"):
+        runs[column] = pd.to_numeric(runs[column], errors="coerce").astype("Int64")
     return runs.sort_values(["depth", "variant", "seed", "run_id"], na_position="last").reset_index(drop=True)
 
 
@@ -87,13 +88,17 @@ def varying(runs: pd.DataFrame) -> list[str]:
     return varying_settings(readable, settings_of(readable)) if len(readable) else []
 
 
+FINISHED = ("complete", "diverged")
+"""Runs that ended by themselves: the ones summarised over seeds (failed or running runs stopped early)."""
+
+
 def summary_json(runs: pd.DataFrame) -> dict[str, Any]:
     """``{"varying": [...], "groups": [...]}``: one group per configuration, its seeds summarised.
 
     See :func:`analysis.outcomes.group_records` for a group's shape; only
-    readable runs (with a variant) are grouped.
+    finished runs (complete or diverged, :data:`FINISHED`) are grouped.
     """
-    readable = runs[runs["variant"].notna()]
+    readable = runs[runs["variant"].notna() & runs["status"].isin(FINISHED)]
     return {"varying": varying(runs),
             "groups": group_records(readable, readable[["run_id", *SUMMARY_VALUES]], settings_of(readable))}
 
@@ -110,6 +115,8 @@ def with_configuration(runs: pd.DataFrame) -> pd.DataFrame:
 def _text(value: Any) -> str:
     if isinstance(value, tuple):
         value = list(value)
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return "None"
     return str(value)
 
 
@@ -169,7 +176,8 @@ def depth_points(runs: pd.DataFrame, columns: dict[str, str], *, positive: bool 
 
 
 def _depth_figure(long: pd.DataFrame, note: str, *, title: str, log_y: bool, ylabel: str) -> Figure:
-    """Mean over seeds (line) and seed range (band) against depth: one row per quantity, one column per configuration."""
+    """Mean over seeds (line; geometric on a log axis) and seed range (band) against depth: one row per quantity,
+    one column per configuration."""
     nrows = max(1, long["quantity"].nunique())
     ncols = max(1, long["configuration"].nunique())
     fig = Figure(figsize=(WIDTH, 3.4 * nrows), layout="constrained")
@@ -224,11 +232,12 @@ def plot_grad_flow(runs: pd.DataFrame) -> Figure:
 def plot_degradation(metrics: pd.DataFrame, runs: pd.DataFrame, *, smooth: int | None = None) -> Figure:
     """Training error by depth, plain (left) against residual (right), as in He et al. 2015, Fig. 1 and 6.
 
-    Error = 100 * (1 - train accuracy), a trailing mean over ``smooth`` steps
-    per run (default: 1/25 of the longest run); line: mean over seeds, band:
-    range. One colour per depth; one row per configuration.
+    Complete runs only (a run that stopped early would make the seed mean
+    jump). Error = 100 * (1 - train accuracy), a trailing mean over ``smooth``
+    steps per run (default: 1/25 of the longest run); line: mean over seeds,
+    band: range. One colour per depth; one row per configuration.
     """
-    runs = with_configuration(runs[runs["variant"].notna() & runs["depth"].notna()])
+    runs = with_configuration(runs[runs["variant"].notna() & runs["depth"].notna() & (runs["status"] == "complete")])
     rows = metrics[(metrics["split"] == "train") & (metrics["metric"] == "accuracy")]
     rows = rows.merge(runs[["run_id", "depth", "variant", "configuration"]], on="run_id")
     fig = Figure(figsize=(WIDTH, 3.6 * max(1, runs["configuration"].nunique())), layout="constrained")

@@ -10,7 +10,7 @@ CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.whic
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--no-first-run"]
 STUDY_SETTINGS = {"steps": [4], "width": [4], "batch_size": [8], "val_every": [2], "val_batches": [1],
-                  "stats_every": [2], "warmup_steps": [0], "device": ["cpu"]}
+                  "stats_every": [2], "warmup_steps": [0], "device": ["cpu"], "seeds": [0]}
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium to drive (install it with `make browser`, "
                                                           "or point CHROMIUM at a Chromium binary)")

@@ -13,7 +13,7 @@ from analysis.store import run_dirs
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "depth_study.ipynb"
 TINY = dict(depth=8, width=4, steps=6, batch_size=8, stats_every=2, val_every=3, val_batches=1,
-            warmup_steps=0, device="cpu")
+            warmup_steps=0, device="cpu", seeds=[0, 1])
 FIGURES = 6
 
 
@@ -51,19 +51,27 @@ def test_committed_notebook_is_clean_with_documented_parameters():
 
 def test_tiny_study_renders_figures_and_findings_then_reuses_its_runs(tmp_path):
     runs = tmp_path / "runs"
-    nb = _execute(tmp_path, "first", **TINY, runs_dir=str(runs))
+    nb = _execute(tmp_path, "first", **TINY, runs_dir=str(runs), findings_path=str(tmp_path / "findings.json"))
     pngs = [o for o in _outputs(nb) if "image/png" in o.get("data", {})]
     assert len(pngs) == FIGURES
     assert not _outputs(nb, "error")
     findings = [o.data["text/markdown"] for o in _outputs(nb, "execute_result") if "text/markdown" in o.data]
     assert len(findings) == 1
-    assert "The residual network ended with a train loss of" in findings[0]
-    assert re.search(r"weight-gradient norm was \d[\d.e+-]* times the last layer's at step 1", findings[0])
+    assert "The residual network (2 seeds) ended with a train loss of" in findings[0]
+    assert re.search(r"At the first recorded step \(initialisation\), the weight-gradient norm of the plain "
+                     r"network's convolutions (grows towards the input|shrinks towards the input|is about flat)",
+                     findings[0])
+    stored = json.loads((tmp_path / "findings.json").read_text())
+    assert [group["settings"]["variant"] for group in stored["groups"]] == ["plain", "residual"]
+    assert all(group["n_seeds"] == 2 and group["seeds"] == [0, 1] for group in stored["groups"])
+    assert stored["sentences"][0] in findings[0]
     tables = [o.data["text/html"] for o in _outputs(nb, "execute_result") if "text/html" in o.data]
     assert any("MACs per image" in table for table in tables)
 
     records = _records(runs)
-    assert len(records) == 2 and {r["status"] for r in records.values()} == {"complete"}
+    assert len(records) == 4 and {r["status"] for r in records.values()} == {"complete"}
+    assert sorted((r["config"]["residual"], r["config"]["seed"]) for r in records.values()) == \
+        [(False, 0), (False, 1), (True, 0), (True, 1)]
     assert {r["config"]["residual"] for r in records.values()} == {True, False}
     for run_id in records:
         assert (runs / run_id / "metrics.parquet").is_file() and (runs / run_id / "stats.parquet").is_dir()
@@ -71,7 +79,7 @@ def test_tiny_study_renders_figures_and_findings_then_reuses_its_runs(tmp_path):
     again = _execute(tmp_path, "second", **TINY, runs_dir=str(runs))
     assert _records(runs) == records  # start times included: nothing was retrained
     text = "".join(o.text for o in _outputs(again, "stream"))
-    assert text.count("reused finished run") == 2
+    assert text.count("reused finished run") == 4
     assert len([o for o in _outputs(again) if "image/png" in o.get("data", {})]) == FIGURES
 
 

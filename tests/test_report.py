@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 from bs4 import BeautifulSoup
 
-from analysis import report, summary, sweep
+from analysis import report, sweep
+from analysis.frames import TRAIN_WINDOW
 from analysis.config import TrainConfig
 from analysis.train import Callback, train
 
@@ -15,7 +16,7 @@ FAILED_STUDY_ERROR = 'PapermillExecutionError: <script>alert("x")</script> & co'
 FAILED_RUN_ERROR = "RuntimeError: out of <b>memory</b> & time"
 CODE_MARKER = "validate_parameters"
 STUDY_SETTINGS = {"steps": [4], "width": [4], "batch_size": [8], "val_every": [2], "val_batches": [1],
-                  "stats_every": [2], "warmup_steps": [0], "device": ["cpu"]}
+                  "stats_every": [2], "warmup_steps": [0], "device": ["cpu"], "seeds": [0]}
 FAILED_STUDY = "d14-plain-broken"
 
 
@@ -69,8 +70,8 @@ def direct_final_numbers(run_path):
         return metrics[(metrics["split"] == split) & (metrics["metric"] == metric)]["value"]
 
     val_accuracy = values("val", "accuracy")
-    return (values("train", "loss").iloc[-summary.TRAIN_WINDOW:].mean(),
-            values("train", "accuracy").iloc[-summary.TRAIN_WINDOW:].mean(),
+    return (values("train", "loss").iloc[-TRAIN_WINDOW:].mean(),
+            values("train", "accuracy").iloc[-TRAIN_WINDOW:].mean(),
             val_accuracy.iloc[-1] if len(val_accuracy) else float("nan"))
 
 
@@ -104,7 +105,7 @@ def test_index_links_summary_and_studies_and_shows_failed_study(reports, study):
     assert all((reports / href).is_file() for href in links)
     row = page.find(id=f"study-{study_id}")
     assert row.find("a")["href"] == f"studies/{study_id}.html" and "bad" not in row.get("class", [])
-    assert [td.get_text() for td in row.find_all("td")][1:4] == ["complete", "8", "both"]
+    assert [td.get_text() for td in row.find_all("td")][1:5] == ["depth", "complete", "8", "both"]
     for variant in ("residual", "plain"):
         run = page.find(id=lambda value: value and value.startswith(f"run-d8-{variant}"))
         assert run.find("a", href=f"studies/{study_id}.html").get_text() == study_id
@@ -138,7 +139,37 @@ def test_pages_are_self_contained_with_embedded_images(reports, study):
     assert_self_contained(reports / "summary.html", images=3)
     assert_self_contained(reports / "index.html", images=0)
     assert sorted(path.name for path in reports.rglob("*") if path.is_file()) == \
-        sorted(["index.html", "summary.html", "summary.ipynb", f"{study_id}.html"])
+        sorted(["index.html", "summary.html", "summary.ipynb", "summary.json", f"{study_id}.html"])
+
+
+def test_summary_json_groups_every_configuration(runs_dir, reports):
+    data = json.loads((reports / "summary.json").read_text())
+    # The sweep point has the notebook's defaults, the other runs TrainConfig's: those settings vary too.
+    assert {"depth", "variant", "lr"} <= set(data["varying"]) and "seed" not in data["varying"]
+    readable = [json.loads(path.read_text()) for path in runs_dir.glob("*/config.json")]
+    assert len(data["groups"]) == len(readable) == 4  # one seed each: every run is its own configuration
+    for group in data["groups"]:
+        settings = group["settings"]
+        assert "seed" not in settings and group["n_seeds"] == 1 and group["seeds"] == [0]
+        [record] = [r for r in readable if r["config"]["depth"] == settings["depth"]
+                    and r["config"]["residual"] == (settings["variant"] == "residual")]
+        loss = group["metrics"]["final_train_loss"]
+        assert loss["values"] == [pytest.approx(direct_final_numbers(runs_dir / record["run_id"])[0])]
+        assert loss["sd"] is None and set(loss) == {"mean", "sd", "min", "max", "n", "values"}
+        assert {"final_val_accuracy", "grad_ratio_init", "grad_ratio_final", "grad_growth_init",
+                "diverged"} <= set(group["metrics"])
+    index = soup(reports / "index.html")
+    assert index.find("a", href="summary.json") is not None
+
+
+def test_progress_bars_stay_out_of_the_html(reports, study):
+    study_id, notebook = study
+    training = [cell for cell in notebook.cells if "progress" in cell.metadata.get("tags", [])]
+    assert len(training) == 1 and training[0].outputs  # the executed notebook keeps its log
+    assert "reused finished run" in "".join(o.get("text", "") for o in training[0].outputs) or \
+        "trained" in "".join(o.get("text", "") for o in training[0].outputs)
+    page = (reports / "studies" / f"{study_id}.html").read_text()
+    assert ": trained " not in page and "it/s" not in page
 
 
 def test_summary_notebook_ran_over_every_run(runs_dir, reports):

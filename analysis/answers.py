@@ -1,0 +1,342 @@
+"""The five questions the toolkit answers, each with numbers computed from the runs and studies at hand.
+
+:func:`build_answers` reads a runs folder: the run table (every run's final
+numbers, :mod:`analysis.summary`) and the ``findings.json`` of the newest
+complete study of each kind (:mod:`analysis.studies`). Every answer is one to
+three sentences built from those numbers, with ``numbers`` holding them and
+``evidence`` linking the report pages they come from. A comparison is stated
+as holding only when it holds for every seed; where the data do not settle a
+question at this budget, or a study is missing, the answer says so.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from analysis.frames import holds_for_every_seed, spread, to_json_value
+from analysis.summary import varying
+
+QUESTIONS = {
+    "q1": "Why are skip connections important?",
+    "q2": "How do a residual block and a plain block differ?",
+    "q3": "Why use 1x1 convolutions (bottleneck blocks)?",
+    "q4": "How do ResNet-50 and ResNet-152 differ?",
+    "q5": "Which optimizers and normalization help deep networks train?",
+}
+SUMMARY_PAGE = "summary.html"
+TRAINING_SETTINGS = ("norm", "init", "zero_init_residual", "optimizer", "schedule", "lr", "weight_decay",
+                     "milestones", "warmup_steps")
+"""The settings the normalization/optimizer comparison (q5) groups by, besides the variant."""
+
+
+def study_page(study_id: str) -> str:
+    """The report page of a study, relative to the index."""
+    return f"studies/{study_id}.html"
+
+
+def latest_findings(studies: pd.DataFrame, kind: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The ``findings.json`` of the newest complete study of ``kind`` and its page, or (None, None)."""
+    if studies.empty or "kind" not in studies:
+        return None, None
+    mine = studies[(studies["kind"] == kind) & (studies["status"] == "complete")]
+    for row in mine.sort_values("end_time", ascending=False, na_position="last").itertuples():
+        notebook = getattr(row, "notebook", None)
+        if not isinstance(notebook, str):
+            continue
+        path = Path(notebook).parent / "findings.json"
+        try:
+            return json.loads(path.read_text()), study_page(row.study_id)
+        except (OSError, ValueError):
+            continue
+    return None, None
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}g}"
+
+
+def _complete(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[(runs["status"] == "complete") & runs["variant"].notna() & runs["depth"].notna()]
+
+
+def _configuration_key(runs: pd.DataFrame, names: list[str]) -> pd.Series:
+    return runs[names].astype(str).agg("|".join, axis=1) if names else pd.Series("", index=runs.index)
+
+
+def depth_configuration(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs of the configuration trained at the most depths (the depth study), all variants and seeds."""
+    complete = _complete(runs)
+    if complete.empty:
+        return complete
+    others = [name for name in varying(runs) if name not in ("depth", "variant")]
+    keys = _configuration_key(complete, others)
+    depths = complete.groupby(keys)["depth"].nunique()
+    chosen = depths.idxmax()
+    return complete[keys == chosen] if depths.max() >= 2 else complete.iloc[:0]
+
+
+def _paired_at(runs: pd.DataFrame, depth: int, column: str) -> tuple[list[float], list[float]]:
+    """Plain and residual values of ``column`` at ``depth`` for the seeds both ran."""
+    rows = runs[runs["depth"] == depth]
+    wide = rows.pivot_table(index="seed", columns="variant", values=column, aggfunc="first")
+    if not {"plain", "residual"} <= set(wide.columns):
+        return [], []
+    wide = wide.dropna()
+    return list(wide["plain"].astype(float)), list(wide["residual"].astype(float))
+
+
+def _loss_by_depth(runs: pd.DataFrame) -> dict[str, dict[str, float]]:
+    return {variant: {str(int(depth)): float(values.mean()) for depth, values in
+                      runs[runs["variant"] == variant].groupby("depth")["final_train_loss"]}
+            for variant in ("residual", "plain") if variant in set(runs["variant"])}
+
+
+def answer_q1(runs: pd.DataFrame, init: dict | None, lesion: dict | None, pages: dict[str, str | None]) -> dict:
+    """Skip connections: final train loss against depth, gradients at initialisation, and lesions."""
+    depth_runs = depth_configuration(runs)
+    numbers: dict[str, Any] = {"final_train_loss_by_depth": _loss_by_depth(depth_runs)}
+    sentences = []
+    if depth_runs.empty:
+        sentences.append("Not measured: no complete depth study with two or more depths in this runs folder.")
+    else:
+        deepest = int(depth_runs["depth"].max())
+        plain, residual = _paired_at(depth_runs, deepest, "final_train_loss")
+        held = holds_for_every_seed(plain, residual)
+        numbers["deepest"] = {"depth": deepest, "plain": spread(plain), "residual": spread(residual),
+                              "plain_loss_higher_every_seed": held}
+        losses = numbers["final_train_loss_by_depth"]
+        trend = "; ".join(f"{variant} " + ", ".join(f"{_fmt(loss)} (depth {depth})" for depth, loss in
+                                                   losses.get(variant, {}).items())
+                          for variant in ("plain", "residual"))
+        verdict = (f"at depth {deepest} the plain network ended above the residual one in every one of "
+                   f"{len(plain)} seeds" if held else
+                   f"at depth {deepest} the residual network ended at or above the plain one in every seed"
+                   if held is False else
+                   f"at depth {deepest} the order differs between seeds, so this budget does not settle it")
+        sentences.append(f"Final train loss by depth (mean over seeds): {trend}; {verdict}.")
+    if init is not None:
+        ratios = init.get("grad_ratio_init", {})
+        numbers["grad_ratio_init"] = ratios
+        numbers["no_norm_variance_growth_per_block"] = init.get("no_norm_variance_growth_per_block", {})
+        deepest = max((int(d) for d in ratios.get("plain", {})), default=None)
+        if deepest is not None:
+            growth = numbers["no_norm_variance_growth_per_block"]
+            sentences.append(
+                f"At initialisation with batch norm, the stem conv's gradient norm is "
+                f"{_fmt(ratios['plain'].get(str(deepest)))} times the last conv's in the plain network at depth "
+                f"{deepest} against {_fmt(ratios.get('residual', {}).get(str(deepest)))} in the residual one, and "
+                f"without normalization the residual stream's variance grows by a factor of "
+                f"{_fmt(growth.get('residual'))} per block (theory: 2).")
+    else:
+        sentences.append("The initialisation study has not been run.")
+    if lesion is not None:
+        numbers["lesion"] = lesion_increase(lesion)
+        sentences.append(f"Deleting one block of a trained network raised the validation error by "
+                         f"{_points(numbers['lesion'].get('residual'))} on average in the residual network and "
+                         f"{_points(numbers['lesion'].get('plain'))} in the plain one.")
+    else:
+        sentences.append("The lesion study has not been run.")
+    return _question("q1", sentences, numbers, [SUMMARY_PAGE, pages.get("init"), pages.get("lesion")])
+
+
+def answer_q2(runs: pd.DataFrame, lesion: dict | None, pages: dict[str, str | None]) -> dict:
+    """Residual and plain blocks: branch-to-shortcut ratio, response size, and what deleting a block costs."""
+    depth_runs = depth_configuration(runs)
+    numbers: dict[str, Any] = {}
+    sentences = []
+    residual = depth_runs[depth_runs["variant"] == "residual"]
+    if len(residual) and "block_ratio_final" in residual:
+        numbers["block_ratio_final"] = spread(residual["block_ratio_final"].dropna())
+        ratio = numbers["block_ratio_final"]
+        sentences.append(
+            f"A residual block computes relu(branch(x) + x) and a plain block relu(branch(x)); in the trained "
+            f"residual networks the median branch output had {_fmt(ratio['mean'])} times the norm of its shortcut "
+            f"(range {_fmt(ratio['min'])} to {_fmt(ratio['max'])} over {ratio['n']} runs), so each block "
+            f"{'adds a small correction to its input' if ratio['max'] < 1 else 'changes its input by more than the input itself' if ratio['min'] > 1 else 'adds corrections of varying size'}.")
+    else:
+        sentences.append("Not measured: no complete residual runs with block statistics.")
+    if lesion is not None:
+        numbers["lesion"] = lesion_increase(lesion)
+        skipped = (lesion.get("skipped") or {}).get("plain") or 0
+        sentences.append(f"Deleting a single residual block (keeping its shortcut) raised the validation error by "
+                         f"{_points(numbers['lesion'].get('residual'))} on average, deleting a plain block (replaced "
+                         f"by the identity) by {_points(numbers['lesion'].get('plain'))}"
+                         + (f"; {skipped} plain blocks change the shape and could not be deleted" if skipped else "")
+                         + ".")
+    return _question("q2", sentences, numbers, [SUMMARY_PAGE, pages.get("lesion"), pages.get("depth")])
+
+
+def answer_q3(costs: dict | None, pages: dict[str, str | None]) -> dict:
+    """Bottleneck blocks: parameters and multiply-accumulates against a basic block of the same width."""
+    if costs is None:
+        return _question("q3", ["The architecture-cost study has not been run."], {}, [pages.get("costs")])
+    basic, bottleneck = costs.get("basic_block", {}), costs.get("bottleneck_block", {})
+    numbers = {"basic_block": basic, "bottleneck_block": bottleneck}
+    sentences = [f"At 256 channels in and out on a 56x56 input, a bottleneck block (1x1 to 64, 3x3, 1x1 back to "
+                 f"256) has {_fmt(bottleneck.get('params'), 6)} parameters and {_fmt(bottleneck.get('macs'), 6)} "
+                 f"multiply-accumulates against {_fmt(basic.get('params'), 6)} and {_fmt(basic.get('macs'), 6)} for a "
+                 f"basic block of two 3x3 convolutions at 256 channels: "
+                 f"{_fmt(_ratio(basic.get('macs'), bottleneck.get('macs')))} times cheaper, which is what lets "
+                 f"ResNet-50 and deeper stay affordable."]
+    trained = costs.get("trained")
+    if isinstance(trained, dict) and trained:
+        numbers["trained"] = trained
+        sentences.append(_trained_sentence(trained))
+    return _question("q3", sentences, numbers, [pages.get("costs")])
+
+
+def answer_q4(costs: dict | None, pages: dict[str, str | None]) -> dict:
+    """ResNet-50 against ResNet-152: parameters, multiply-accumulates and blocks."""
+    if costs is None:
+        return _question("q4", ["The architecture-cost study has not been run."], {}, [pages.get("costs")])
+    r50, r152 = costs.get("resnet50", {}), costs.get("resnet152", {})
+    numbers = {"resnet50": r50, "resnet152": r152}
+    sentences = [f"Both use bottleneck blocks in four stages; ResNet-152 has {r152.get('blocks')} blocks against "
+                 f"{r50.get('blocks')}, {_fmt(r152.get('params'), 4)} parameters against {_fmt(r50.get('params'), 4)} "
+                 f"({_fmt(_ratio(r152.get('params'), r50.get('params')))}x) and {_fmt(r152.get('macs'), 4)} "
+                 f"multiply-accumulates per 224x224 image against {_fmt(r50.get('macs'), 4)} "
+                 f"({_fmt(_ratio(r152.get('macs'), r50.get('macs')))}x): the extra depth is mostly in the third stage."]
+    return _question("q4", sentences, numbers, [pages.get("costs")])
+
+
+def training_groups(runs: pd.DataFrame) -> tuple[int | None, list[dict[str, Any]]]:
+    """The normalization/optimizer comparison: at the depth with the most configurations, one group per
+    configuration of :data:`TRAINING_SETTINGS` and variant, with the final train loss over seeds and divergences."""
+    usable = runs[runs["variant"].notna() & runs["depth"].notna() & runs["status"].isin(["complete", "diverged"])]
+    if usable.empty:
+        return None, []
+    names = [name for name in TRAINING_SETTINGS if name in usable.columns]
+    keys = _configuration_key(usable, names)
+    counts = usable.assign(key=keys).groupby("depth")["key"].nunique()
+    depth = int(counts.idxmax())
+    at_depth = usable[usable["depth"] == depth]
+    groups = []
+    for (variant, _), rows in at_depth.groupby(["variant", keys[at_depth.index]], sort=True):
+        first = rows.iloc[0]
+        groups.append({"settings": {"variant": variant, **{name: _plain(first[name]) for name in names}},
+                       "n_seeds": len(rows), "seeds": sorted(int(s) for s in rows["seed"]),
+                       "final_train_loss": spread(rows.sort_values("seed")["final_train_loss"]),
+                       "diverged": int((rows["status"] == "diverged").sum())})
+    return depth, groups
+
+
+def answer_q5(runs: pd.DataFrame, pages: dict[str, str | None]) -> dict:
+    """Which configuration reached the lowest final train loss per variant, whether every seed agrees, divergences."""
+    depth, groups = training_groups(runs)
+    numbers: dict[str, Any] = {"depth": depth, "groups": groups}
+    differing = [name for name in TRAINING_SETTINGS
+                 if len({json.dumps(g["settings"].get(name)) for g in groups}) > 1]
+    numbers["varying"] = differing
+    if not differing:
+        return _question("q5", ["Not measured: fewer than two training configurations at one depth."], numbers,
+                         [SUMMARY_PAGE])
+    sentences = []
+
+    def describe(settings: dict[str, Any]) -> str:
+        return ", ".join(f"{name}={settings.get(name)}" for name in differing) or "the one configuration"
+
+    for variant in ("residual", "plain"):
+        mine = [g for g in groups if g["settings"]["variant"] == variant]
+        finite = [g for g in mine if g["final_train_loss"]["mean"] is not None
+                  and math.isfinite(g["final_train_loss"]["mean"])]
+        if len(finite) < 2:
+            continue
+        ranked = sorted(finite, key=lambda g: g["final_train_loss"]["mean"])
+        best, second = ranked[0], ranked[1]
+        held = holds_for_every_seed(_values(second), _values(best)) if best["seeds"] == second["seeds"] else None
+        diverged = [g for g in mine if g["diverged"]]
+        sentences.append(
+            f"At depth {depth}, the {variant} network reached the lowest final train loss with "
+            f"{describe(best['settings'])} ({_fmt(best['final_train_loss']['mean'])}, over {best['n_seeds']} seeds), "
+            f"ahead of {describe(second['settings'])} ({_fmt(second['final_train_loss']['mean'])}) "
+            + ("in every seed" if held else "but not in every seed: unresolved at this budget")
+            + (f"; {sum(g['diverged'] for g in diverged)} runs diverged ({'; '.join(describe(g['settings']) for g in diverged)})"
+               if diverged else "; no run diverged") + ".")
+    return _question("q5", sentences, numbers, [SUMMARY_PAGE])
+
+
+def build_answers(runs: pd.DataFrame, studies: pd.DataFrame) -> dict[str, Any]:
+    """``{"questions": [{"id", "question", "answer", "evidence", "numbers"}, ...]}`` as plain JSON."""
+    found = {kind: latest_findings(studies, kind) for kind in ("init", "lesion", "costs")}
+    pages = {kind: page for kind, (_, page) in found.items()}
+    pages["depth"] = _depth_page(studies)
+    builders: list[Callable[[], dict]] = [
+        lambda: answer_q1(runs, found["init"][0], found["lesion"][0], pages),
+        lambda: answer_q2(runs, found["lesion"][0], pages),
+        lambda: answer_q3(found["costs"][0], pages),
+        lambda: answer_q4(found["costs"][0], pages),
+        lambda: answer_q5(runs, pages),
+    ]
+    return to_json_value({"questions": [build() for build in builders]})
+
+
+def _depth_page(studies: pd.DataFrame) -> str | None:
+    if studies.empty or "kind" not in studies:
+        return None
+    depth = studies[(studies["kind"] == "depth") & (studies["status"] == "complete")]
+    if depth.empty:
+        return None
+    deepest = depth.sort_values("depth", ascending=False).iloc[0]
+    return study_page(deepest["study_id"])
+
+
+def _question(identifier: str, sentences: list[str], numbers: dict[str, Any], evidence: list[str | None]) -> dict:
+    return {"id": identifier, "question": QUESTIONS[identifier], "answer": " ".join(sentences),
+            "evidence": [link for link in dict.fromkeys(evidence) if link], "numbers": numbers}
+
+
+def lesion_increase(lesion: dict[str, Any]) -> dict[str, float | None]:
+    """Per variant: the mean validation-error increase from deleting one block (see :func:`analysis.lesion.lesion_numbers`)."""
+    return dict(lesion.get("mean_error_increase") or {})
+
+
+def _points(value: float | None) -> str:
+    """An error difference in percentage points."""
+    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.2g} percentage points"
+
+
+def _mean_of(value: Any) -> float | None:
+    """A number as is; the mean of a {key: number} mapping (e.g. per seed)."""
+    if isinstance(value, dict):
+        values = [v for v in value.values() if isinstance(v, (int, float))]
+        return float(np.mean(values)) if values else None
+    return value
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or b == 0:
+        return None
+    return a / b
+
+
+def _values(group: dict[str, Any]) -> list[float]:
+    return list(group["final_train_loss"]["values"])
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _trained_sentence(trained: dict[str, Any]) -> str:
+    """Final train loss of the two matched networks (mean over seeds) and whether their order holds for every seed."""
+    losses = {name: values.get("final_train_loss") or {} for name, values in trained.items() if isinstance(values, dict)}
+    if len(losses) != 2:
+        return ""
+    (first, a), (second, b) = losses.items()
+    seeds = sorted(set(a) & set(b))
+    held = holds_for_every_seed([a[seed] for seed in seeds], [b[seed] for seed in seeds])
+    order = (f"{first} ended higher in every seed" if held else f"{second} ended at or above it in every seed"
+             if held is False else "their order differs between seeds (unresolved at this budget)")
+    return (f"Trained at matched cost on the synthetic data ({len(seeds)} seeds), the final train loss was "
+            f"{_fmt(_mean_of(a))} for {first} and {_fmt(_mean_of(b))} for {second}: {order}.")
