@@ -67,7 +67,9 @@ def _complete(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _configuration_key(runs: pd.DataFrame, names: list[str]) -> pd.Series:
-    return runs[names].astype(str).agg("|".join, axis=1) if names else pd.Series("", index=runs.index)
+    if not names:
+        return pd.Series("", index=runs.index)
+    return runs[names].map(repr).agg("|".join, axis=1)
 
 
 def depth_configuration(runs: pd.DataFrame) -> pd.DataFrame:
@@ -138,9 +140,12 @@ def answer_q1(runs: pd.DataFrame, init: dict | None, lesion: dict | None, pages:
         sentences.append("The initialisation study has not been run.")
     if lesion is not None:
         numbers["lesion"] = lesion_increase(lesion)
-        sentences.append(f"Deleting one block of a trained network raised the validation error by "
-                         f"{_points(numbers['lesion'].get('residual'))} on average in the residual network and "
-                         f"{_points(numbers['lesion'].get('plain'))} in the plain one.")
+        baseline = lesion.get("baseline_error") or {}
+        sentences.append(f"Deleting one block of a trained depth-{lesion.get('depth', '?')} network raised the "
+                         f"validation error by {_points(numbers['lesion'].get('residual'))} on average in the "
+                         f"residual network (from {_percent(baseline.get('residual'))}) and "
+                         f"{_points(numbers['lesion'].get('plain'))} in the plain one (from "
+                         f"{_percent(baseline.get('plain'))}).")
     else:
         sentences.append("The lesion study has not been run.")
     return _question("q1", sentences, numbers, [SUMMARY_PAGE, pages.get("init"), pages.get("lesion")])
@@ -179,12 +184,12 @@ def answer_q3(costs: dict | None, pages: dict[str, str | None]) -> dict:
         return _question("q3", ["The architecture-cost study has not been run."], {}, [pages.get("costs")])
     basic, bottleneck = costs.get("basic_block", {}), costs.get("bottleneck_block", {})
     numbers = {"basic_block": basic, "bottleneck_block": bottleneck}
-    sentences = [f"At 256 channels in and out on a 56x56 input, a bottleneck block (1x1 to 64, 3x3, 1x1 back to "
-                 f"256) has {_fmt(bottleneck.get('params'), 6)} parameters and {_fmt(bottleneck.get('macs'), 6)} "
-                 f"multiply-accumulates against {_fmt(basic.get('params'), 6)} and {_fmt(basic.get('macs'), 6)} for a "
+    sentences = [f"At 256 channels in and out on a 56x56 input, a bottleneck block (1x1 down to 64, 3x3, 1x1 back "
+                 f"to 256) has {_count(bottleneck.get('params'))} parameters and {_count(bottleneck.get('macs'))} "
+                 f"multiply-accumulates against {_count(basic.get('params'))} and {_count(basic.get('macs'))} for a "
                  f"basic block of two 3x3 convolutions at 256 channels: "
-                 f"{_fmt(_ratio(basic.get('macs'), bottleneck.get('macs')))} times cheaper, which is what lets "
-                 f"ResNet-50 and deeper stay affordable."]
+                 f"{_fmt(_ratio(basic.get('macs'), bottleneck.get('macs')))} times fewer operations at the same "
+                 f"input and output width."]
     trained = costs.get("trained")
     if isinstance(trained, dict) and trained:
         numbers["trained"] = trained
@@ -198,11 +203,12 @@ def answer_q4(costs: dict | None, pages: dict[str, str | None]) -> dict:
         return _question("q4", ["The architecture-cost study has not been run."], {}, [pages.get("costs")])
     r50, r152 = costs.get("resnet50", {}), costs.get("resnet152", {})
     numbers = {"resnet50": r50, "resnet152": r152}
-    sentences = [f"Both use bottleneck blocks in four stages; ResNet-152 has {r152.get('blocks')} blocks against "
-                 f"{r50.get('blocks')}, {_fmt(r152.get('params'), 4)} parameters against {_fmt(r50.get('params'), 4)} "
-                 f"({_fmt(_ratio(r152.get('params'), r50.get('params')))}x) and {_fmt(r152.get('macs'), 4)} "
-                 f"multiply-accumulates per 224x224 image against {_fmt(r50.get('macs'), 4)} "
-                 f"({_fmt(_ratio(r152.get('macs'), r50.get('macs')))}x): the extra depth is mostly in the third stage."]
+    sentences = [f"Both use bottleneck blocks in four stages; ResNet-152 has {r152.get('blocks')} blocks "
+                 f"({_stages(r152)} per stage) against {r50.get('blocks')} ({_stages(r50)}), "
+                 f"{_count(r152.get('params'))} parameters against {_count(r50.get('params'))} "
+                 f"({_fmt(_ratio(r152.get('params'), r50.get('params')))}x) and {_count(r152.get('macs'))} "
+                 f"multiply-accumulates per 224x224 image against {_count(r50.get('macs'))} "
+                 f"({_fmt(_ratio(r152.get('macs'), r50.get('macs')))}x)."]
     return _question("q4", sentences, numbers, [pages.get("costs")])
 
 
@@ -237,11 +243,15 @@ def answer_q5(runs: pd.DataFrame, pages: dict[str, str | None]) -> dict:
     if not differing:
         return _question("q5", ["Not measured: fewer than two training configurations at one depth."], numbers,
                          [SUMMARY_PAGE])
-    sentences = []
+    defaults = study_defaults()
 
     def describe(settings: dict[str, Any]) -> str:
-        return ", ".join(f"{name}={settings.get(name)}" for name in differing) or "the one configuration"
+        """The settings that differ from the depth-study notebook's defaults."""
+        changed = [f"{name}={settings.get(name)}" for name in differing
+                   if _plain(settings.get(name)) != _plain(defaults.get(name))]
+        return ", ".join(changed) or "the notebook's defaults"
 
+    sentences = []
     for variant in ("residual", "plain"):
         mine = [g for g in groups if g["settings"]["variant"] == variant]
         finite = [g for g in mine if g["final_train_loss"]["mean"] is not None
@@ -249,16 +259,18 @@ def answer_q5(runs: pd.DataFrame, pages: dict[str, str | None]) -> dict:
         if len(finite) < 2:
             continue
         ranked = sorted(finite, key=lambda g: g["final_train_loss"]["mean"])
-        best, second = ranked[0], ranked[1]
+        best, second, worst = ranked[0], ranked[1], ranked[-1]
         held = holds_for_every_seed(_values(second), _values(best)) if best["seeds"] == second["seeds"] else None
         diverged = [g for g in mine if g["diverged"]]
         sentences.append(
-            f"At depth {depth}, the {variant} network reached the lowest final train loss with "
-            f"{describe(best['settings'])} ({_fmt(best['final_train_loss']['mean'])}, over {best['n_seeds']} seeds), "
+            f"At depth {depth}, the {variant} network ended with the lowest final train loss under "
+            f"{describe(best['settings'])} ({_fmt(best['final_train_loss']['mean'])}, mean of {best['n_seeds']} seeds), "
             f"ahead of {describe(second['settings'])} ({_fmt(second['final_train_loss']['mean'])}) "
-            + ("in every seed" if held else "but not in every seed: unresolved at this budget")
-            + (f"; {sum(g['diverged'] for g in diverged)} runs diverged ({'; '.join(describe(g['settings']) for g in diverged)})"
-               if diverged else "; no run diverged") + ".")
+            + ("in every seed" if held else "but not in every seed (unresolved at this budget)")
+            + (f"; the highest of its {len(mine)} configurations was {describe(worst['settings'])} "
+               f"({_fmt(worst['final_train_loss']['mean'])})" if len(finite) > 2 else "")
+            + (f"; {sum(g['diverged'] for g in diverged)} of its runs diverged "
+               f"({'; '.join(describe(g['settings']) for g in diverged)})" if diverged else "; none diverged") + ".")
     return _question("q5", sentences, numbers, [SUMMARY_PAGE])
 
 
@@ -275,6 +287,13 @@ def build_answers(runs: pd.DataFrame, studies: pd.DataFrame) -> dict[str, Any]:
         lambda: answer_q5(runs, pages),
     ]
     return to_json_value({"questions": [build() for build in builders]})
+
+
+def study_defaults() -> dict[str, Any]:
+    """The depth-study notebook's default settings, which q5 names the differences from."""
+    from analysis.study import parameter_defaults
+
+    return parameter_defaults()
 
 
 def _depth_page(studies: pd.DataFrame) -> str | None:
@@ -295,6 +314,24 @@ def _question(identifier: str, sentences: list[str], numbers: dict[str, Any], ev
 def lesion_increase(lesion: dict[str, Any]) -> dict[str, float | None]:
     """Per variant: the mean validation-error increase from deleting one block (see :func:`analysis.lesion.lesion_numbers`)."""
     return dict(lesion.get("mean_error_increase") or {})
+
+
+def _count(value: Any) -> str:
+    """A count in millions or billions ('25.6 M', '4.09 G'); small counts in full."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "n/a"
+    for size, suffix in ((1e9, " G"), (1e6, " M")):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{suffix}"
+    return f"{int(value):,}"
+
+
+def _stages(network: dict[str, Any]) -> str:
+    return "-".join(str(n) for n in network.get("blocks_per_stage") or []) or "n/a"
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
 
 
 def _points(value: float | None) -> str:
@@ -336,7 +373,8 @@ def _trained_sentence(trained: dict[str, Any]) -> str:
     (first, a), (second, b) = losses.items()
     seeds = sorted(set(a) & set(b))
     held = holds_for_every_seed([a[seed] for seed in seeds], [b[seed] for seed in seeds])
-    order = (f"{first} ended higher in every seed" if held else f"{second} ended at or above it in every seed"
-             if held is False else "their order differs between seeds (unresolved at this budget)")
+    order = (f"{first} ended higher in every seed" if held else
+             f"{second} ended at least as high as {first} in every seed" if held is False else
+             "their order differs between seeds (unresolved at this budget)")
     return (f"Trained at matched cost on the synthetic data ({len(seeds)} seeds), the final train loss was "
             f"{_fmt(_mean_of(a))} for {first} and {_fmt(_mean_of(b))} for {second}: {order}.")

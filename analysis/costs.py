@@ -31,9 +31,10 @@ from torch import nn
 
 from analysis.config import ConfigError, TrainConfig
 from analysis.frames import PALETTE, final_metrics, to_json_value
-from analysis.lesion import Sentences, read_parameters
+from analysis.findings import Sentences
+from analysis.parameters import defaults, folder_path, optional_path, read_parameters
 from analysis.models import IMAGENET_DEPTHS, BasicBlock, Bottleneck, build_model, summarize, valid_depth
-from analysis.study import ParameterError
+from analysis.parameters import ParameterError
 
 BLOCK_CHANNELS = 256
 """Input and output channels of the block comparison (He et al. 2015, Fig. 5 right)."""
@@ -132,7 +133,7 @@ def cost_numbers(blocks: pd.DataFrame | None = None, family: pd.DataFrame | None
                  trained: pd.DataFrame | None = None) -> dict[str, Any]:
     """The report's answers as plain JSON: ``basic_block`` and ``bottleneck_block`` (``params``, ``macs``;
     the 256-channel blocks of :func:`block_costs`), ``resnet50`` and ``resnet152`` (``params``, ``macs``,
-    ``blocks``: the number of blocks); the frames are computed when not given. With :func:`train_pair`'s
+    ``blocks``: the number of blocks, ``blocks_per_stage``); the frames are computed when not given. With :func:`train_pair`'s
     frame, also ``trained``: per network ("ResNet-34 (basic)", ...) its ``params``, ``macs``, ``steps``
     and, per seed, ``final_train_loss`` and ``final_val_accuracy``."""
     blocks = block_costs() if blocks is None else blocks
@@ -143,7 +144,8 @@ def cost_numbers(blocks: pd.DataFrame | None = None, family: pd.DataFrame | None
     numbers = {"basic_block": {"params": basic["params"], "macs": basic["macs"]},
                "bottleneck_block": {"params": bottleneck["params"], "macs": bottleneck["macs"]}}
     for depth in (50, 152):
-        numbers[f"resnet{depth}"] = {key: nets.loc[depth, key] for key in ("params", "macs", "blocks")}
+        numbers[f"resnet{depth}"] = {key: nets.loc[depth, key]
+                                     for key in ("params", "macs", "blocks", "blocks_per_stage")}
     if trained is not None:
         numbers["trained"] = {
             f"{name} ({runs['block_type'].iloc[0]})": {
@@ -426,22 +428,19 @@ def _seeds(value: Any) -> tuple[int, ...]:
 
 def parameter_defaults() -> dict[str, Any]:
     """Name -> default of every notebook parameter, in order."""
-    return {name: default for name, (default, _) in PARAMETERS.items()}
+    return defaults(PARAMETERS)
 
 
 def validate_parameters(namespace: Mapping[str, Any]) -> CostParams:
     """Check the notebook's parameters (its ``globals()``) before anything runs; one-line
-    :class:`~analysis.study.ParameterError` naming the parameter otherwise."""
+    :class:`~analysis.parameters.ParameterError` naming the parameter otherwise."""
     values = read_parameters(namespace, PARAMETERS)
     seeds = _seeds(values["seeds"])
     width = values["width"]
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise ParameterError("width", f"must be an integer >= 1, got {width!r}")
-    if not isinstance(values["runs_dir"], str) or not values["runs_dir"]:
-        raise ParameterError("runs_dir", f"must be a folder path string, got {values['runs_dir']!r}")
-    findings_path = values["findings_path"]
-    if findings_path is not None and (not isinstance(findings_path, str) or not findings_path):
-        raise ParameterError("findings_path", f"must be a file path string or None, got {findings_path!r}")
+    folder_path("runs_dir", values["runs_dir"])
+    findings_path = optional_path("findings_path", values["findings_path"])
     settings = {name: values[name] for name in _TRAIN_SETTINGS}
     if isinstance(settings["lr"], int) and not isinstance(settings["lr"], bool):
         settings["lr"] = float(settings["lr"])

@@ -24,6 +24,13 @@ from analysis.outcomes import VALUES, group_records, run_values
 SPREAD_COLUMNS = ("mean", "sd", "min", "max", "n")
 
 
+class Sentences(list):
+    """Sentences that a notebook shows as a markdown bullet list."""
+
+    def _repr_markdown_(self) -> str:
+        return "\n".join(f"- {sentence}" for sentence in self)
+
+
 @dataclass(repr=False)
 class Findings:
     """``per_run`` values, their ``table`` over seeds, ``comparison`` between variants and the ``sentences``."""

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import itertools
 import math
 import numbers
@@ -54,7 +53,7 @@ from analysis.gradient_flow import direction, first_to_last, fit_growth
 from analysis.models import build_model
 from analysis.frames import PALETTE, holds_for_every_seed, pick_steps, to_json_value, variants_in
 from analysis.plots import SEED_BAND
-from analysis.study import ParameterError
+from analysis.parameters import ParameterError, optional_path, read_parameters
 
 DEFAULT_DEPTHS = (8, 14, 20, 32, 44, 56, 110)
 DEEP_DEPTH = 1202
@@ -90,8 +89,6 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
 
 _NORM_WORDS = {"batch": "with batch norm", "none": "without normalization"}
 _NORM_TITLES = {"batch": "batch norm", "none": "no normalization"}
-_IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
-_LITERAL_TYPES = (type(None), bool, int, float, str, list, tuple, dict)
 
 
 # -- parameters ------------------------------------------------------------------
@@ -132,17 +129,9 @@ def validate_parameters(namespace: Mapping[str, Any]) -> InitParams:
 
     Every public literal global must be a known parameter (a typo is an error,
     not an ignored setting); missing ones take their defaults. Raises
-    :class:`~analysis.study.ParameterError`, one line naming the parameter.
+    :class:`~analysis.parameters.ParameterError`, one line naming the parameter.
     """
-    values = {name: default for name, (default, _) in PARAMETERS.items()}
-    for name, value in namespace.items():
-        if name.startswith("_") or name in _IPYTHON_NAMES or not isinstance(value, _LITERAL_TYPES):
-            continue
-        if name not in PARAMETERS:
-            close = difflib.get_close_matches(name, PARAMETERS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ParameterError(name, f"unknown parameter{hint}; known parameters: {', '.join(PARAMETERS)}")
-        values[name] = value
+    values = read_parameters(namespace, PARAMETERS)
     depths = _int_list("depths", values["depths"], minimum=8)
     for depth in depths:
         if (depth - 2) % 6 or depth in (50, 152):
@@ -156,9 +145,7 @@ def validate_parameters(namespace: Mapping[str, Any]) -> InitParams:
         raise ParameterError("norms", f"must be a non-empty list of 'batch' and 'none', got {values['norms']!r}")
     if not isinstance(values["include_1202"], bool):
         raise ParameterError("include_1202", f"must be True or False, got {values['include_1202']!r}")
-    path = values["findings_path"]
-    if path is not None and (not isinstance(path, str) or not path):
-        raise ParameterError("findings_path", f"must be a file path string or None, got {path!r}")
+    path = optional_path("findings_path", values["findings_path"])
     threads = values["threads"]
     if threads is not None:
         threads = _int_list("threads", threads, minimum=1, single=True)[0]

@@ -26,7 +26,6 @@ Blocks are numbered from 0 in forward order (``block_index``); ``stage`` and
 """
 from __future__ import annotations
 
-import difflib
 import math
 import numbers
 from collections.abc import Iterable, Iterator, Mapping
@@ -43,7 +42,9 @@ from torch import nn
 
 from analysis import study
 from analysis.config import TrainConfig
+from analysis.findings import Sentences
 from analysis.frames import PALETTE, to_json_value, variant_of, variants_in
+from analysis.parameters import defaults, optional_path, read_parameters
 
 EVAL_BATCH_SIZE = 256
 """Validation images per forward pass when measuring errors (the result does not depend on it)."""
@@ -72,12 +73,6 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
 }
 """Notebook parameters in order: name -> (default, one-line description); all but ``depth`` and
 ``findings_path`` are the depth study's, with its defaults."""
-
-# Names IPython defines in every kernel namespace; never parameters.
-_IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
-# Types papermill can inject; globals of other types are notebook state, not parameters.
-_LITERAL_TYPES = (type(None), bool, int, float, str, list, tuple, dict)
-
 
 # -- deleting one block --------------------------------------------------------
 
@@ -275,13 +270,6 @@ def lesion_numbers(frame: pd.DataFrame) -> dict[str, Any]:
     return to_json_value(result)
 
 
-class Sentences(list):
-    """Sentences that a notebook shows as a markdown bullet list."""
-
-    def _repr_markdown_(self) -> str:
-        return "\n".join(f"- {sentence}" for sentence in self)
-
-
 def lesion_sentences(numbers: Mapping[str, Any]) -> Sentences:
     """What :func:`lesion_numbers` says, in words built only from those numbers."""
     sentences = Sentences()
@@ -351,29 +339,9 @@ def lesion_figure(frame: pd.DataFrame) -> Figure:
 
 # -- notebook parameters -----------------------------------------------------------
 
-def read_parameters(namespace: Mapping[str, Any], parameters: Mapping[str, tuple[Any, str]]) -> dict[str, Any]:
-    """The notebook's parameter values: ``namespace`` (its ``globals()``) over the defaults.
-
-    Every public global that papermill could have injected (None, bool,
-    number, str, list, tuple, dict) must be one of ``parameters``, so a typo
-    is an error (:class:`analysis.study.ParameterError`) rather than a
-    silently ignored setting; modules, functions and IPython's own names are skipped.
-    """
-    values = {name: default for name, (default, _) in parameters.items()}
-    for name, value in namespace.items():
-        if name.startswith("_") or name in _IPYTHON_NAMES or not isinstance(value, _LITERAL_TYPES):
-            continue
-        if name not in parameters:
-            close = difflib.get_close_matches(name, list(parameters), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise study.ParameterError(name, f"unknown parameter{hint}; known parameters: {', '.join(parameters)}")
-        values[name] = value
-    return values
-
-
 def parameter_defaults() -> dict[str, Any]:
     """Name -> default of every lesion notebook parameter, in order."""
-    return {name: default for name, (default, _) in PARAMETERS.items()}
+    return defaults(PARAMETERS)
 
 
 @dataclass(frozen=True)
@@ -401,9 +369,7 @@ def validate_parameters(namespace: Mapping[str, Any]) -> LesionParams:
     study's); ``findings_path`` must be None or a path string.
     """
     values = read_parameters(namespace, PARAMETERS)
-    findings_path = values.pop("findings_path")
-    if findings_path is not None and (not isinstance(findings_path, str) or not findings_path):
-        raise study.ParameterError("findings_path", f"must be a file path string or None, got {findings_path!r}")
+    findings_path = optional_path("findings_path", values.pop("findings_path"))
     return LesionParams(study.validate_parameters({**values, "variants": "both"}), findings_path)
 
 
@@ -426,7 +392,7 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table.reindex(variants_in(frame), level="variant")
 
 
-__all__ = ["BlockInfo", "EVAL_BATCH_SIZE", "LESION_COLUMNS", "LesionParams", "NUMBER_NAMES", "PARAMETERS", "Sentences",
+__all__ = ["BlockInfo", "EVAL_BATCH_SIZE", "LESION_COLUMNS", "LesionParams", "NUMBER_NAMES", "PARAMETERS",
            "blocks_of", "configs_for", "error_rate", "lesion", "lesion_figure", "lesion_numbers",
-           "lesion_sentences", "lesion_study", "lesion_table", "parameter_defaults", "read_parameters",
+           "lesion_sentences", "lesion_study", "lesion_table", "parameter_defaults",
            "run_ids_for", "summary_table", "validate_parameters"]

@@ -4,9 +4,8 @@ Every function takes the tidy frames of :class:`analysis.study.StudyResult`
 (with ``variant``, ``seed`` and ``run_id`` columns) and returns a titled,
 labelled :class:`matplotlib.figure.Figure` made without pyplot, so nothing
 global changes and nothing is shown until the caller displays it. Lines are
-the mean over seeds (on a log axis the geometric mean, as seaborn averages
-after the transform; right for ratios) and the band their range (min to
-max), one colour per variant from :data:`analysis.frames.PALETTE`. Missing data gives a figure
+the mean over seeds and the band their range (min to max), computed by
+:func:`over_seeds`, one colour per variant from :data:`analysis.frames.PALETTE`. Missing data gives a figure
 that says so instead of an error.
 """
 from __future__ import annotations
@@ -47,9 +46,10 @@ def seed_plot(frame: pd.DataFrame, x: str, y: str, *, title: str, xlabel: str, y
         ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes, color="grey")
         return fig
     palette = {variant: PALETTE.get(variant, "grey") for variant in variants_in(frame)}
-    plot = (so.Plot(frame, x=x, y=y, color="variant")
-            .add(so.Line(marker="." if marker else ""), so.Agg())
-            .add(so.Band(alpha=0.2), so.Est(errorbar=SEED_BAND))
+    summary = over_seeds(frame, x, y, [name for name in ("variant", col, row) if name], log=log_y)
+    plot = (so.Plot(summary, x=x, y="mean", ymin="band_min", ymax="band_max", color="variant")
+            .add(so.Line(marker="." if marker else ""))
+            .add(so.Band(alpha=0.2))
             .scale(color=so.Nominal(palette, order=list(palette)))
             .label(x=xlabel, y=ylabel, color="variant"))
     if col or row:
@@ -59,6 +59,20 @@ def seed_plot(frame: pd.DataFrame, x: str, y: str, *, title: str, xlabel: str, y
     plot.on(fig).plot()
     fig.suptitle(title)
     return fig
+
+
+def over_seeds(frame: pd.DataFrame, x: str, y: str, groups: list[str], *, log: bool = False) -> pd.DataFrame:
+    """Mean, min and max of ``y`` over the runs (seeds) at each ``x`` of each group: what a seed plot draws.
+
+    The mean is the arithmetic mean on every axis, as in ``summary.json``;
+    groups keep the order of their first row (the facets' order). With ``log``, the band's bounds come as ``band_min``/``band_max`` in log10:
+    seaborn 0.13 maps a Band's ``ymin``/``ymax`` back from a log scale
+    without mapping them onto it first, so they must be given in its space.
+    """
+    summary = frame.groupby([*groups, x], observed=True, sort=False)[y].agg(["mean", "min", "max"]).reset_index()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return summary.assign(band_min=np.log10(summary["min"]) if log else summary["min"],
+                              band_max=np.log10(summary["max"]) if log else summary["max"])
 
 
 def _by_end(frame: pd.DataFrame, keys: tuple[str, ...] = RUN_KEYS) -> pd.DataFrame:
@@ -93,11 +107,12 @@ def _curves(rows: pd.DataFrame) -> Figure:
         ax.text(0.5, 0.5, "no metrics recorded", ha="center", va="center", transform=ax.transAxes, color="grey")
         return fig
     palette = {variant: PALETTE.get(variant, "grey") for variant in variants_in(rows)}
-    (so.Plot(rows[np.isfinite(rows["value"].astype(float))], x="step", y="value", color="variant")
+    summary = over_seeds(rows[np.isfinite(rows["value"].astype(float))], "step", "value", ["variant", "panel", "metric"])
+    (so.Plot(summary, x="step", y="mean", ymin="band_min", ymax="band_max", color="variant")
      .facet(col="panel", row="metric")
      .share(y="row")
-     .add(so.Line(), so.Agg())
-     .add(so.Band(alpha=0.2), so.Est(errorbar=SEED_BAND))
+     .add(so.Line())
+     .add(so.Band(alpha=0.2))
      .scale(color=so.Nominal(palette, order=list(palette)))
      .label(x="step", y="", color="variant")
      .on(fig).plot())

@@ -58,9 +58,9 @@ SUMMARY_JSON = "summary.json"
 ANSWERS_JSON = "answers.json"
 PROGRESS_TAG = "progress"
 FAILED_STATUSES = ("failed", "diverged", "unreadable")
-BUDGET_NOTE = ("Budget: `make report` trains narrow networks (width 8, 300 steps, batch 32) on the embedded "
-               "synthetic data with 3 seeds, within 15 minutes on 2 CPU cores, so effects that need longer training "
-               "are said to be unresolved. A full-size run on a GPU: python -m analysis sweep --depths 20 56 110 "
+BUDGET_NOTE = ("Budget: `make report` trains narrow networks (width 8, 200 steps, batch 32, 16x16 images) on the "
+               "embedded synthetic data with 3 seeds, within 15 minutes on 2 CPU cores, so effects that need longer "
+               "training are said to be unresolved. A full-size run on a GPU: python -m analysis sweep --depths 20 56 110 "
                "--seeds 0 1 2 --set width=16 --set steps=64000 --set batch_size=128 --set dataset=cifar10 "
                "--set device=cuda --set stats_every=500, then python -m analysis report runs.")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

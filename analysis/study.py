@@ -12,7 +12,6 @@ them and :func:`load_study` reads finished runs back as tidy frames with
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from analysis.config import ConfigError, TrainConfig, config_fields
+from analysis.parameters import ParameterError, defaults, folder_path, optional_path, read_parameters
 from analysis.frames import ACTIVATION_STD, NORM_TYPES, layer_rows, setting_columns, variant_of, variants_in
 from analysis.store import RunDir
 
@@ -68,27 +68,6 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
 _STUDY_ONLY = ("variants", "runs_dir", "seeds", "findings_path")
 # TrainConfig field -> the notebook parameter that sets it.
 _FIELD_TO_PARAMETER = {"residual": "variants", "seed": "seeds"}
-# Names IPython defines in every kernel namespace; never parameters.
-_IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
-# Types papermill can inject; globals of other types are notebook state, not parameters.
-_LITERAL_TYPES = (type(None), bool, int, float, str, list, tuple, dict)
-
-
-class ParameterError(ValueError):
-    """A bad notebook parameter; the one-line message names it and the allowed values.
-
-    IPython shows it as that one line without a traceback (as ``%xmode Minimal``
-    would), so a bad ``-p`` value stops a papermill run with a readable error.
-    """
-
-    def __init__(self, name: str, message: str):
-        self.name = name
-        super().__init__(f"{name}: {message}")
-
-    def _render_traceback_(self) -> list[str]:
-        return [f"{type(self).__name__}: {self}"]
-
-
 @dataclass(frozen=True)
 class StudyParams:
     """Validated notebook parameters (see :data:`PARAMETERS` for their meaning)."""
@@ -143,29 +122,18 @@ class StudyParams:
 
 def parameter_defaults() -> dict[str, Any]:
     """Name -> default of every notebook parameter, in order."""
-    return {name: default for name, (default, _) in PARAMETERS.items()}
+    return defaults(PARAMETERS)
 
 
 def validate_parameters(namespace: Mapping[str, Any]) -> StudyParams:
     """Check the notebook's parameters (its ``globals()``) before anything runs.
 
-    Every public global that papermill could have injected (a literal: None,
-    bool, number, str, list, tuple, dict) must be a known parameter, so a typo
-    such as ``dpeth`` is an error rather than a silently ignored setting;
-    modules, functions, IPython's own names and other objects are notebook
-    state and are skipped. Missing parameters take their defaults. Values are
-    checked by :meth:`TrainConfig.validate` for every variant, and a
+    Unknown names are errors (:func:`analysis.parameters.read_parameters`);
+    missing parameters take their defaults. Values are checked by
+    :meth:`TrainConfig.validate` for every variant, and a
     :class:`~analysis.config.ConfigError` is reported under the parameter's name.
     """
-    candidates = {name: value for name, value in namespace.items()
-                  if not name.startswith("_") and name not in _IPYTHON_NAMES
-                  and isinstance(value, _LITERAL_TYPES)}
-    for name in candidates:
-        if name not in PARAMETERS:
-            close = difflib.get_close_matches(name, PARAMETERS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ParameterError(name, f"unknown parameter{hint}; known parameters: {', '.join(PARAMETERS)}")
-    values = {**parameter_defaults(), **candidates}
+    values = read_parameters(namespace, PARAMETERS)
     for name, (default, _) in PARAMETERS.items():
         value = values[name]
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
@@ -177,11 +145,8 @@ def validate_parameters(namespace: Mapping[str, Any]) -> StudyParams:
     values["seeds"] = _seeds(values["seeds"])
     if values["variants"] not in VARIANTS:
         raise ParameterError("variants", f"{values['variants']!r} is not one of {', '.join(map(repr, VARIANTS))}")
-    if not isinstance(values["runs_dir"], str) or not values["runs_dir"]:
-        raise ParameterError("runs_dir", f"must be a folder path string, got {values['runs_dir']!r}")
-    if values["findings_path"] is not None and (not isinstance(values["findings_path"], str)
-                                                or not values["findings_path"]):
-        raise ParameterError("findings_path", f"must be a file path string or None, got {values['findings_path']!r}")
+    folder_path("runs_dir", values["runs_dir"])
+    optional_path("findings_path", values["findings_path"])
     params = StudyParams(**values)
     try:
         for config in configs_for(params):

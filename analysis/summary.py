@@ -23,7 +23,7 @@ from analysis.config import config_fields
 from analysis.frames import PALETTE, setting_columns, variant_of, variants_in, varying_settings
 from analysis.hooks.writer import PART_GLOB, SCHEMA, to_frame
 from analysis.outcomes import VALUES, group_records, run_values
-from analysis.plots import SEED_BAND, WIDTH
+from analysis.plots import SEED_BAND, WIDTH, over_seeds
 from analysis.store import STATS_DIR, list_runs, load_runs
 
 SUMMARY_VALUES = tuple(VALUES)
@@ -157,13 +157,19 @@ def depth_points(runs: pd.DataFrame, columns: dict[str, str], *, positive: bool 
     """Long rows (``quantity``, ``value``) of complete runs for plots against depth, and a note on the others.
 
     Only complete runs are shown: a failed or diverged run stopped early, so
-    its numbers are not comparable. Values that are not finite (not positive
-    where ``positive``, for log axes) are left out too.
+    its numbers are not comparable. Configurations trained at a single depth
+    are left to :func:`plot_configurations`, and values that are not finite
+    (not positive where ``positive``, for log axes) are left out too.
     """
     runs = with_configuration(runs)
     complete = (runs["status"] == "complete") & runs["variant"].notna() & runs["depth"].notna()
     reasons = [f"{count} {status}" for status, count in
                runs.loc[~complete, "status"].fillna("unknown").value_counts().sort_index().items()]
+    depths = runs[complete].groupby("configuration")["depth"].nunique()
+    single = complete & (runs["configuration"].map(depths).fillna(0) < 2)
+    if single_depth := int(single.sum()):
+        reasons.append(f"{single_depth} runs of configurations trained at one depth (compared by configuration)")
+    complete &= ~single
     long = runs[complete].melt(id_vars=["run_id", "depth", "variant", "seed", "configuration"],
                                value_vars=list(columns), var_name="quantity", value_name="value")
     long["value"] = long["value"].astype(float)
@@ -176,8 +182,8 @@ def depth_points(runs: pd.DataFrame, columns: dict[str, str], *, positive: bool 
 
 
 def _depth_figure(long: pd.DataFrame, note: str, *, title: str, log_y: bool, ylabel: str) -> Figure:
-    """Mean over seeds (line; geometric on a log axis) and seed range (band) against depth: one row per quantity,
-    one column per configuration."""
+    """Mean over seeds (line) and seed range (band) against depth: one row per quantity, one column per
+    configuration."""
     nrows = max(1, long["quantity"].nunique())
     ncols = max(1, long["configuration"].nunique())
     fig = Figure(figsize=(WIDTH, 3.4 * nrows), layout="constrained")
@@ -187,10 +193,10 @@ def _depth_figure(long: pd.DataFrame, note: str, *, title: str, log_y: bool, yla
         ax.text(0.5, 0.5, "no complete runs with these values", ha="center", va="center", transform=ax.transAxes)
     else:
         palette = {variant: PALETTE.get(variant, "grey") for variant in variants_in(long)}
-        plot = (so.Plot(long, x="depth", y="value", color="variant")
-                .add(so.Line(marker="o"), so.Agg())
-                .add(so.Band(alpha=0.2), so.Est(errorbar=SEED_BAND))
-                .add(so.Dot(pointsize=3, alpha=0.5))
+        summary = over_seeds(long, "depth", "value", ["variant", "quantity", "configuration"], log=log_y)
+        plot = (so.Plot(summary, x="depth", y="mean", ymin="band_min", ymax="band_max", color="variant")
+                .add(so.Line(marker="o"))
+                .add(so.Band(alpha=0.2))
                 .scale(color=so.Nominal(palette, order=list(palette)), x=so.Continuous().tick(at=sorted(set(long["depth"]))))
                 .label(x="depth (weight layers)", y=ylabel, color="variant"))
         if nrows > 1 or ncols > 1:
@@ -209,7 +215,7 @@ def plot_final_vs_depth(runs: pd.DataFrame) -> Figure:
     long, note = depth_points(runs, {"final_train_loss": "final train loss",
                                      "final_train_accuracy": "final train accuracy"})
     return _depth_figure(long, note, log_y=False, ylabel="",
-                         title="Final training numbers against depth (line: mean over seeds; band: range; dots: seeds)")
+                         title="Final training numbers against depth (line: mean over seeds; band: range over seeds)")
 
 
 def plot_grad_flow(runs: pd.DataFrame) -> Figure:
@@ -251,12 +257,51 @@ def plot_degradation(metrics: pd.DataFrame, runs: pd.DataFrame, *, smooth: int |
     rows["error"] = 100 * (1 - rows.groupby("run_id")["value"].transform(
         lambda s: s.rolling(window, min_periods=1).mean()))
     rows["depth"] = rows["depth"].astype(int).astype(str)
-    plot = (so.Plot(rows[np.isfinite(rows["error"])], x="step", y="error", color="depth")
+    summary = over_seeds(rows[np.isfinite(rows["error"])], "step", "error", ["depth", "variant", "configuration"])
+    plot = (so.Plot(summary, x="step", y="mean", ymin="band_min", ymax="band_max", color="depth")
             .facet(col="variant", row="configuration" if rows["configuration"].nunique() > 1 else None,
                    order={"col": [v for v in ("plain", "residual") if v in set(rows["variant"])]})
-            .add(so.Line(), so.Agg())
-            .add(so.Band(alpha=0.15), so.Est(errorbar=SEED_BAND))
+            .add(so.Line())
+            .add(so.Band(alpha=0.15))
             .scale(color=so.Nominal("viridis", order=sorted(set(rows["depth"]), key=int)))
             .label(x="step", y=f"train error (%), mean of {window} steps", color="depth"))
     plot.on(fig).plot()
+    return fig
+
+
+def plot_configurations(runs: pd.DataFrame) -> Figure:
+    """Final train loss of every configuration at each depth it was trained at: one row per configuration,
+    residual and plain side by side, the mean over seeds with the seed range and each seed as a dot.
+
+    Finished runs only; a diverged seed has no finite loss, so its configuration is marked in the label
+    with the count (``diverged 1/3``) and drawn from the other seeds.
+    """
+    runs = with_configuration(runs[runs["variant"].notna() & runs["depth"].notna()
+                                   & runs["status"].isin(FINISHED)])
+    fig = Figure(figsize=(WIDTH, 1.2 + 0.32 * max(1, runs["configuration"].nunique() * runs["depth"].nunique())),
+                 layout="constrained")
+    fig.suptitle("Final train loss by configuration (dot: mean over seeds; bar: range; small dots: seeds)")
+    if runs.empty:
+        ax = fig.subplots()
+        ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
+        return fig
+    diverged = runs.groupby(["configuration", "depth"])["status"].agg(
+        lambda status: f"diverged {int((status == 'diverged').sum())}/{len(status)}" if (status == "diverged").any()
+        else "")
+    label = runs.apply(lambda run: " ".join(filter(None, [f"depth {int(run['depth'])}", run["configuration"] or
+                                                          "notebook defaults",
+                                                          diverged[(run["configuration"], run["depth"])]])), axis=1)
+    rows = runs.assign(label=label, value=runs["final_train_loss"].astype(float))
+    no_value = sorted(set(rows.loc[~np.isfinite(rows["value"]), "label"]) - set(rows.loc[np.isfinite(rows["value"]), "label"]))
+    if no_value:
+        fig.supxlabel(f"Not shown (no finite loss in any seed): {'; '.join(no_value)}", fontsize="small")
+    rows = rows[np.isfinite(rows["value"])]
+    palette = {variant: PALETTE.get(variant, "grey") for variant in variants_in(rows)}
+    (so.Plot(rows, x="value", y="label", color="variant")
+     .add(so.Dot(pointsize=7), so.Agg(), so.Dodge())
+     .add(so.Range(), so.Est(errorbar=SEED_BAND), so.Dodge())
+     .add(so.Dot(pointsize=3, alpha=0.5), so.Dodge(), so.Jitter(0))
+     .scale(color=so.Nominal(palette, order=list(palette)))
+     .label(x="final train loss (mean of the last steps)", y="", color="variant")
+     .on(fig).plot())
     return fig

@@ -11,7 +11,7 @@ import torchvision
 
 from analysis import costs
 from analysis.store import run_dirs
-from analysis.study import ParameterError
+from analysis.parameters import ParameterError
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "architecture_costs.ipynb"
 LAYOUTS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}

@@ -16,7 +16,7 @@ from torch import nn
 from analysis import init_study
 from analysis.gradient_flow import direction, first_to_last, fit_growth
 from analysis.models import BasicBlock, ResNet, build_model
-from analysis.study import ParameterError
+from analysis.parameters import ParameterError
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "init_study.ipynb"
 TINY = dict(batch_size=4, width=2, image_size=8)

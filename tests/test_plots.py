@@ -2,8 +2,8 @@
 
 The frames have the shape of :class:`analysis.study.StudyResult`'s (``variant``,
 ``seed`` and ``run_id`` in front) with known values for two variants and two
-seeds; seed 1's values are three times seed 0's, so the mean line, the
-geometric mean and the band (min..max over seeds) all differ.
+seeds; seed 1's values are three times seed 0's, so the mean line and the
+band (min..max over seeds) differ.
 """
 import io
 
@@ -122,10 +122,6 @@ def expected_rows(stats, kind, stat, modules, *, param=None):
     return rows.assign(x=rows["module"].map({module: i + 1 for i, module in enumerate(modules)}))
 
 
-def geometric_mean(values):
-    return float(np.exp(np.mean(np.log(np.asarray(values, dtype=float)))))
-
-
 def variant_lines(ax):
     """variant -> (x, y) of the line drawn in that variant's palette colour."""
     found = {}
@@ -150,15 +146,15 @@ def variant_bands(ax):
 
 
 def check_panel(ax, expected, *, log, x="x", y="value"):
-    """Each variant's line is the mean over seeds of ``expected`` at each x (geometric on a log axis: seaborn
-    aggregates in the scale's space) and its band spans min..max over seeds."""
+    """Each variant's line is the mean over seeds of ``expected`` at each x (arithmetic on every axis) and its
+    band spans min..max over seeds."""
     lines, bands = variant_lines(ax), variant_bands(ax)
     assert set(lines) == set(bands) == set(expected["variant"])
     for variant, mine in expected.groupby("variant"):
         per_x = mine.groupby(x)[y]
         drawn_x, drawn_y = lines[variant]
         np.testing.assert_array_equal(drawn_x, per_x.mean().index.astype(float))
-        np.testing.assert_allclose(drawn_y, per_x.agg(geometric_mean if log else "mean").to_numpy(float), rtol=1e-9)
+        np.testing.assert_allclose(drawn_y, per_x.agg("mean").to_numpy(float), rtol=1e-9)
         assert len(bands[variant]) == per_x.ngroups
         for at, values in per_x:
             np.testing.assert_allclose(bands[variant][at], (values.min(), values.max()), rtol=1e-9)
@@ -253,7 +249,7 @@ def test_update_ratio_by_step_median_layer_raw_and_over_lr():
     per_seed = [np.mean([planted("update", "residual", seed, 11, index) for index in (3, 6)]) / lr_at(11)
                 for seed in SEEDS]
     x, y = variant_lines(fig.axes[1])["residual"]
-    assert y[list(x).index(11)] == pytest.approx(geometric_mean(per_seed))
+    assert y[list(x).index(11)] == pytest.approx(np.mean(per_seed))
     assert variant_bands(fig.axes[1])["residual"][11] == pytest.approx((min(per_seed), max(per_seed)))
 
 

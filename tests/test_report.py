@@ -139,7 +139,24 @@ def test_pages_are_self_contained_with_embedded_images(reports, study):
     assert_self_contained(reports / "summary.html", images=3)
     assert_self_contained(reports / "index.html", images=0)
     assert sorted(path.name for path in reports.rglob("*") if path.is_file()) == \
-        sorted(["index.html", "summary.html", "summary.ipynb", "summary.json", f"{study_id}.html"])
+        sorted(["index.html", "summary.html", "summary.ipynb", "summary.json", "answers.json", f"{study_id}.html"])
+
+
+def test_index_opens_with_the_five_answers(runs_dir, reports):
+    data = json.loads((reports / "answers.json").read_text())
+    assert [question["id"] for question in data["questions"]] == ["q1", "q2", "q3", "q4", "q5"]
+    page = soup(reports / "index.html")
+    first_list = page.find("ol", class_="answers")
+    assert first_list is not None and first_list.find_previous("h2").get_text().startswith("Five questions")
+    for question in data["questions"]:
+        item = page.find(id=question["id"])
+        assert item.find(class_="question").get_text() == question["question"]
+        assert item.find(class_="answer").get_text() == question["answer"]
+        assert all((reports / link).is_file() for link in question["evidence"])
+    # One depth and no init, lesion or costs study in this folder: the answers say what is missing.
+    answers = {question["id"]: question["answer"] for question in data["questions"]}
+    assert "Not measured: no complete depth study with two or more depths" in answers["q1"]
+    assert answers["q3"] == "The architecture-cost study has not been run."
 
 
 def test_summary_json_groups_every_configuration(runs_dir, reports):

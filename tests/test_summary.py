@@ -128,10 +128,6 @@ def _json_values(series):
     return [None if not np.isfinite(v) else float(v) for v in series.astype(float)]
 
 
-def _geometric_mean(values):
-    return float(np.exp(np.mean(np.log(np.asarray(values, dtype=float)))))
-
-
 # -- the run table --------------------------------------------------------------
 
 def test_run_table_one_row_per_run_with_settings_and_every_value(runs_dir, runs):
@@ -430,18 +426,19 @@ def test_group_table_rows_are_the_summary_groups(runs):
 
 def test_depth_points_keep_complete_runs_and_note_the_others(runs):
     long, note = summary.depth_points(runs, FINAL_LABELS)
-    complete = runs[runs["status"] == "complete"]
+    complete = _base(runs)[_base(runs)["status"] == "complete"]  # the one configuration trained at two depths
     assert set(long["run_id"]) == set(complete["run_id"])
     assert len(long) == 2 * len(complete) and set(long["quantity"]) == set(FINAL_LABELS.values())
     by_id = complete.set_index("run_id")
     for row in long.itertuples():
         column = {label: name for name, label in FINAL_LABELS.items()}[row.quantity]
         assert row.value == by_id.loc[row.run_id, column] and row.depth == by_id.loc[row.run_id, "depth"]
-    assert note == "Not shown: 1 diverged, 1 failed, 1 unreadable (see the table of all runs)"
+    single = ("5 runs of configurations trained at one depth (compared by configuration)")  # adam, no norm, B
+    assert note == f"Not shown: 1 diverged, 1 failed, 1 unreadable, {single} (see the table of all runs)"
     long, note = summary.depth_points(runs, FLOW_LABELS, positive=True)
     assert len(long) == 4 * (len(complete) - 1)  # the run without statistics has none of the four
-    assert note == ("Not shown: 1 diverged, 1 failed, 1 unreadable, 4 values of complete runs that are missing "
-                    "or not finite (see the table of all runs)")
+    assert note == (f"Not shown: 1 diverged, 1 failed, 1 unreadable, {single}, 4 values of complete runs that are "
+                    "missing or not finite (see the table of all runs)")
     base = _base(runs).copy()
     base.loc[base.index[0], "final_train_loss"] = 0.0
     assert len(summary.depth_points(base, {"final_train_loss": "x"})[0]) == len(base)
@@ -474,8 +471,8 @@ def _bands(ax, colours):
 
 
 def _check_depth_panel(ax, runs, column, *, log):
-    """The panel's lines are the per-depth mean over complete seeds (geometric on a log axis, see below),
-    its bands span min..max and its dots are the seeds."""
+    """The panel's lines are the per-depth mean over complete seeds (arithmetic on every axis, as summary.json)
+    and its bands span min..max."""
     shown = runs[(runs["status"] == "complete") & np.isfinite(runs[column].astype(float))]
     lines, bands = _variant_lines(ax), _bands(ax, PALETTE)
     assert set(lines) == set(bands) == set(shown["variant"])
@@ -483,13 +480,10 @@ def _check_depth_panel(ax, runs, column, *, log):
         per_depth = mine.groupby("depth")[column]
         x, y = lines[variant]
         np.testing.assert_array_equal(x, per_depth.mean().index.astype(float))
-        # seaborn.objects aggregates in the scale's space: on a log axis the "mean" line is the geometric mean
-        np.testing.assert_allclose(y, per_depth.agg(_geometric_mean if log else "mean").to_numpy(float), rtol=1e-9)
+        np.testing.assert_allclose(y, per_depth.mean().to_numpy(float), rtol=1e-9)
         for depth, values in per_depth:
             np.testing.assert_allclose(bands[variant][depth], (values.min(), values.max()), rtol=1e-9)
-    [dots] = ax.collections
-    drawn = sorted(map(tuple, np.asarray(dots.get_offsets(), float)))
-    np.testing.assert_allclose(drawn, sorted(zip(shown["depth"].astype(float), shown[column].astype(float))))
+
 
 
 def _texts(fig):
@@ -514,19 +508,32 @@ def test_final_vs_depth_draws_seed_means_ranges_and_seeds(runs):
     assert legend == ["residual", "plain"]
 
 
-def test_final_vs_depth_has_one_panel_per_configuration(runs):
+def test_final_vs_depth_leaves_single_depth_configurations_to_the_comparison(runs):
     fig = summary.plot_final_vs_depth(runs)
-    configured = summary.with_configuration(runs)
-    shown = configured[configured["status"] == "complete"]
-    configurations = shown["configuration"].unique()
-    assert len(configurations) == 4
-    assert len(fig.axes) == 2 * len(configurations)
-    titles = {ax.get_title(): ax for ax in fig.axes}
-    for configuration in configurations:
-        for column, label in FINAL_LABELS.items():
-            _check_depth_panel(titles[f"{configuration} | {label}"],
-                               shown[shown["configuration"] == configuration], column, log=False)
-    assert fig.get_supxlabel() == "Not shown: 1 diverged, 1 failed, 1 unreadable (see the table of all runs)"
+    base = _base(runs)
+    assert [ax.get_title() for ax in fig.axes] == list(FINAL_LABELS.values())
+    for ax, column in zip(fig.axes, FINAL_LABELS):
+        _check_depth_panel(ax, base, column, log=False)
+    assert fig.get_supxlabel() == ("Not shown: 1 diverged, 1 failed, 1 unreadable, 5 runs of configurations "
+                                   "trained at one depth (compared by configuration) (see the table of all runs)")
+
+
+def test_configurations_are_compared_side_by_side(runs):
+    fig = summary.plot_configurations(runs)
+    [ax] = fig.axes
+    labels = [tick.get_text() for tick in ax.get_yticklabels()]
+    finished = summary.with_configuration(runs[runs["variant"].notna() & runs["status"].isin(summary.FINISHED)])
+    expected = {f"depth {depth} " + (configuration or "notebook defaults")
+                for depth, configuration in zip(finished["depth"], finished["configuration"])}
+    diverged = "depth 8 shortcut=None, norm=none, optimizer=sgd, lr=1000000.0 diverged 1/1"
+    assert set(labels) == expected - {diverged.removesuffix(" diverged 1/1")}
+    assert fig.get_supxlabel() == f"Not shown (no finite loss in any seed): {diverged}"  # named, not hidden
+    finite = finished[np.isfinite(finished["final_train_loss"].astype(float))]
+    means = finite.groupby(["configuration", "depth", "variant"])["final_train_loss"].mean()
+    [big_dots, *_] = [c for c in ax.collections if len(c.get_offsets())]
+    drawn = sorted(np.asarray(big_dots.get_offsets(), float)[:, 0])
+    np.testing.assert_allclose(drawn, sorted(means.to_numpy(float)))
+    assert "no finished runs" in _texts(summary.plot_configurations(runs.iloc[:0]))
 
 
 def test_grad_flow_draws_both_ends_on_log_axes(runs):
