@@ -69,7 +69,8 @@ def compute_findings(runs: pd.DataFrame, metrics: pd.DataFrame, stats: pd.DataFr
     groups of :meth:`Findings.to_json`; by default they hold the variant only.
     """
     values = run_values(runs, metrics, stats)
-    per_run = runs[["variant", "seed", "run_id", "status", "diverged_step"]].merge(values, on="run_id")
+    columns = ["variant", "seed", "run_id", "status", "diverged_step", "diverged_layer"]
+    per_run = runs.reindex(columns=columns).merge(values, on="run_id")
     per_run["response_std_median"] = _median_response(per_run["run_id"], responses)
     per_run = per_run.sort_values(["variant", "seed"], key=_variant_first).reset_index(drop=True)
     table = _spread_table(per_run)
@@ -171,9 +172,8 @@ def _sentences(per_run: pd.DataFrame, table: pd.DataFrame, comparison: dict[str,
         mine = per_run[per_run["variant"] == variant]
         diverged = mine[mine["status"] == "diverged"]
         if len(diverged):
-            steps = ", ".join(str(int(step)) for step in diverged["diverged_step"] if pd.notna(step))
-            sentences.append(f"The {variant} network diverged in {len(diverged)} of {len(mine)} seeds: its loss "
-                             f"became non-finite at step {steps or 'n/a'}.")
+            where = "; ".join(_divergence(row) for row in diverged.itertuples())
+            sentences.append(f"The {variant} network diverged in {len(diverged)} of {len(mine)} seeds: {where}.")
     for variant in variants_in(per_run):
         n = int(table.loc[(variant, "final_train_loss"), "n"])
         sentences.append(
@@ -210,6 +210,15 @@ def _sentences(per_run: pd.DataFrame, table: pd.DataFrame, comparison: dict[str,
     if response:
         sentences.append(response)
     return sentences or ["No metrics were recorded."]
+
+
+def _divergence(run: Any) -> str:
+    """'seed 1: non-finite loss at step 17, first non-finite output in stages.0.1.branch.3'."""
+    step = f"step {int(run.diverged_step)}" if pd.notna(run.diverged_step) else "an unrecorded step"
+    layer = getattr(run, "diverged_layer", None)
+    where = (f", first non-finite output in {layer}" if isinstance(layer, str) and layer != "loss" else
+             ", every layer's output still finite (the loss overflowed)" if layer == "loss" else "")
+    return f"seed {run.seed}: non-finite loss at {step}{where}"
 
 
 def _loss_comparison(comparison: dict[str, Any]) -> str:

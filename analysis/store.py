@@ -169,6 +169,7 @@ class RunDir:
             "status": "running",
             "error": None,
             "diverged_step": None,
+            "diverged_layer": None,
             "steps_completed": 0,
             "versions": environment_versions(),
             "git_commit": git_commit(),
@@ -214,7 +215,8 @@ def run_dirs(root: str | Path) -> list[Path]:
 def _flat_record(record: dict[str, Any]) -> dict[str, Any]:
     """One flat row: the run's bookkeeping plus its config fields."""
     row = {key: record.get(key) for key in
-           ("run_id", "status", "error", "diverged_step", "steps_completed", "device", "start_time", "end_time")}
+           ("run_id", "status", "error", "diverged_step", "diverged_layer", "steps_completed", "device", "start_time",
+            "end_time")}
     for key, value in (record.get("model") or {}).items():
         row[f"model_{key}"] = value
     for key, value in record["config"].items():

@@ -206,7 +206,7 @@ class StudyResult:
     """Finished runs of one study, read back from their folders.
 
     ``runs`` has one row per run (``run_id, variant, seed, status,
-    diverged_step``); ``metrics``, ``stats`` and ``responses`` are tidy frames
+    diverged_step, diverged_layer``); ``metrics``, ``stats`` and ``responses`` are tidy frames
     with ``variant``, ``seed`` and ``run_id`` columns in front;
     ``records`` maps each run id to its record (``config.json``); ``reused``
     lists the run ids found finished on disk instead of trained.
@@ -267,7 +267,8 @@ def load_study(runs_dir: str | Path, run_ids: list[str] | tuple[str, ...]) -> St
         record = records[run_id] = run_dir.record()
         tag = {"variant": variant_of(record["config"]["residual"]), "seed": int(record["config"]["seed"]),
                "run_id": run_id}
-        rows.append({**tag, "status": record["status"], "diverged_step": record.get("diverged_step")})
+        rows.append({**tag, "status": record["status"], "diverged_step": record.get("diverged_step"),
+                     "diverged_layer": record.get("diverged_layer")})
         metrics.append(_tag(run_dir.read_metrics(), tag))
         if run_dir.stats_path.is_dir():
             stats.append(_tag(read_stats(run_dir.stats_path), tag))

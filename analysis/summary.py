@@ -31,7 +31,7 @@ SUMMARY_VALUES = tuple(VALUES)
 STATS_NEEDED = {"param_grad": ("norm",), "weight": ("norm",), "update": ("ratio",),
                 "activation": ("dead_fraction",), "block": ("ratio",)}
 """The statistics the per-run values read from ``stats.parquet`` (only these rows are loaded)."""
-STATUS_COLUMNS = ("run_id", "depth", "variant", "seed", "status", "steps_completed", "diverged_step",
+STATUS_COLUMNS = ("run_id", "depth", "variant", "seed", "status", "steps_completed", "diverged_step", "diverged_layer",
                   "final_train_loss", "final_train_accuracy", "final_val_accuracy", "grad_ratio_init",
                   "grad_ratio_final", "grad_growth_init", "error")
 

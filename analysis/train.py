@@ -189,6 +189,31 @@ def _in_ipython_kernel() -> bool:
     return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
+def first_nonfinite_module(model: nn.Module, x: torch.Tensor) -> str:
+    """The first module, in forward order, whose output holds a NaN or an infinity on input ``x``.
+
+    Run on a copy of the model (so its batch-norm statistics stay as they
+    were), in the same mode, without gradients: where a diverged run's
+    forward pass first went non-finite. ``"loss"`` when every module's output
+    is finite (the loss itself overflowed).
+    """
+    import copy
+
+    probe = copy.deepcopy(model)
+    found: list[str] = []
+    hooks = [module.register_forward_hook(
+        lambda _module, _inputs, output, name=name: found.append(name)
+        if not found and isinstance(output, torch.Tensor) and not torch.isfinite(output).all() else None)
+        for name, module in probe.named_modules() if name and not list(module.children())]
+    try:
+        with torch.no_grad():
+            probe(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return found[0] if found else "loss"
+
+
 def evaluate(model: nn.Module, data: Data, config: TrainConfig, device: torch.device) -> tuple[float, float]:
     """Mean loss and accuracy over the validation split (or its first ``val_batches``)."""
     was_training = model.training
@@ -246,7 +271,7 @@ def train(config: TrainConfig, *, root: str | Path = "runs", callbacks: Iterable
 
     run = RunContext(config, run_dir, model, optimizer, device)
     rows: list[tuple[int, str, str, float]] = []
-    status, error, diverged_step = "failed", None, None
+    status, error, diverged_step, diverged_layer = "failed", None, None, None
     started = time.perf_counter()
     bar = make_progress(config.steps, progress, f"{run_dir.run_id}")
     try:
@@ -267,6 +292,7 @@ def train(config: TrainConfig, *, root: str | Path = "runs", callbacks: Iterable
                      (step, "train", "lr", lr), (step, "train", "time", elapsed)]
             if not math.isfinite(loss_value):
                 status, diverged_step = "diverged", step
+                diverged_layer = first_nonfinite_module(model, x)
                 break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -297,7 +323,7 @@ def train(config: TrainConfig, *, root: str | Path = "runs", callbacks: Iterable
             run_dir.write_metrics(rows)
             if error is None:
                 run_dir.save_model(model.state_dict())
-            run_dir.update(status=status, error=error, diverged_step=diverged_step,
+            run_dir.update(status=status, error=error, diverged_step=diverged_step, diverged_layer=diverged_layer,
                            steps_completed=run.step, end_time=utc_now())
     return RunResult(run_dir.run_id, run_dir.path, status, diverged_step=diverged_step,
                      metrics=run_dir.read_metrics())

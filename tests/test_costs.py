@@ -102,8 +102,9 @@ def test_numbers_are_plain_json_with_the_report_keys(blocks, family):
     assert numbers == {
         "basic_block": {"params": 1_180_672, "macs": 2 * 9 * 256 * 256 * 56 * 56},
         "bottleneck_block": {"params": 70_400, "macs": 69_632 * 56 * 56},
-        "resnet50": {"params": 25_557_032, "macs": 4_089_184_256, "blocks": 16},
-        "resnet152": {"params": 60_192_808, "macs": _direct_bottleneck_resnet(LAYOUTS[152])[1], "blocks": 50},
+        "resnet50": {"params": 25_557_032, "macs": 4_089_184_256, "blocks": 16, "blocks_per_stage": [3, 4, 6, 3]},
+        "resnet152": {"params": 60_192_808, "macs": _direct_bottleneck_resnet(LAYOUTS[152])[1], "blocks": 50,
+                      "blocks_per_stage": list(LAYOUTS[152])},
     }
 
 

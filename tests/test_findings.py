@@ -19,7 +19,8 @@ def make_runs(seeds=SEEDS, diverged=()):
         for seed in seeds:
             bad = (variant, seed) in diverged
             rows.append({"variant": variant, "seed": seed, "run_id": f"{variant}-{seed}",
-                         "status": "diverged" if bad else "complete", "diverged_step": 17 if bad else None})
+                         "status": "diverged" if bad else "complete", "diverged_step": 17 if bad else None,
+                         "diverged_layer": "stages.0.2.branch.0" if bad else None})
     return pd.DataFrame(rows)
 
 
@@ -122,7 +123,8 @@ def test_diverged_seeds_are_reported_and_make_the_mean_non_finite():
     runs = make_runs(diverged={("plain", 1)})
     final = losses(plain=[2.0, math.nan, 2.4], residual=[1.0, 1.1, 1.5])
     found = compute_findings(runs, make_metrics(runs, final), make_stats(runs, {"plain": 1.5, "residual": 0.8}))
-    assert "The plain network diverged in 1 of 3 seeds: its loss became non-finite at step 17." in found.sentences
+    assert ("The plain network diverged in 1 of 3 seeds: seed 1: non-finite loss at step 17, first non-finite "
+            "output in stages.0.2.branch.0.") in found.sentences
     assert math.isnan(found.table.loc[("plain", "final_train_loss"), "mean"])
     assert found.comparison["plain_loss_higher"] is None
 

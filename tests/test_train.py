@@ -79,6 +79,25 @@ def test_non_finite_loss_marks_run_diverged_and_keeps_data(tmp_path):
     loss = _series(result, "train", "loss")
     assert loss.index.max() == result.diverged_step
     assert not math.isfinite(loss.iloc[-1]) and math.isfinite(loss.iloc[0])
+    assert isinstance(record["diverged_layer"], str) and record["diverged_layer"]
+
+
+def test_first_nonfinite_module_is_found_in_forward_order_on_a_copy():
+    import torch
+    from torch import nn
+
+    from analysis.train import first_nonfinite_module
+
+    class Overflow(nn.Module):
+        def forward(self, x):
+            return x * float("inf")
+
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Sequential(nn.BatchNorm1d(3), Overflow()), nn.Linear(3, 2))
+    x = torch.ones(4, 3)
+    before = model[2][0].running_mean.clone()
+    assert first_nonfinite_module(model, x) == "2.1"
+    assert torch.equal(model[2][0].running_mean, before)  # the probe ran on a copy
+    assert first_nonfinite_module(nn.Sequential(nn.Linear(3, 2)), x) == "loss"
 
 
 class _Boom(Callback):
