@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         *sweep.expand_grid(args.depths, ["residual", "plain"], {**budget, **seeds}),
         *training_points(args.seeds),
         *sweep.expand_grid(None, None, seeds, kind="init"),
-        *sweep.expand_grid(None, None, {}, kind="costs"),
+        *sweep.expand_grid(None, None, seeds, kind="costs"),
     ]
     results = [sweep.run_sweep(first, runs_dir=args.runs_dir, workers=args.workers)]
     # The lesion study deletes blocks of the depth-20 networks trained above, so it runs after them.

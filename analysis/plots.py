@@ -110,7 +110,7 @@ def _curves(rows: pd.DataFrame) -> Figure:
     summary = over_seeds(rows[np.isfinite(rows["value"].astype(float))], "step", "value", ["variant", "panel", "metric"])
     (so.Plot(summary, x="step", y="mean", ymin="band_min", ymax="band_max", color="variant")
      .facet(col="panel", row="metric")
-     .share(y="row")
+     .share(y=False)
      .add(so.Line())
      .add(so.Band(alpha=0.2))
      .scale(color=so.Nominal(palette, order=list(palette)))

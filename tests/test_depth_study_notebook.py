@@ -1,4 +1,3 @@
-import ast
 import json
 import re
 from pathlib import Path
@@ -8,7 +7,6 @@ import papermill
 import pytest
 from papermill.exceptions import PapermillExecutionError
 
-from analysis.study import PARAMETERS, parameter_defaults
 from analysis.store import run_dirs
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "depth_study.ipynb"
@@ -31,22 +29,6 @@ def _outputs(nb, output_type=None):
 
 def _records(runs_dir):
     return {path.name: json.loads((path / "config.json").read_text()) for path in run_dirs(runs_dir)}
-
-
-def test_committed_notebook_is_clean_with_documented_parameters():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    nbformat.validate(nb)
-    assert nb.metadata.kernelspec.name == "python3"
-    code = [cell for cell in nb.cells if cell.cell_type == "code"]
-    assert all(cell.outputs == [] and cell.execution_count is None for cell in code)
-    tagged = [cell for cell in nb.cells if "parameters" in cell.metadata.get("tags", [])]
-    assert len(tagged) == 1 and tagged[0] is code[0]
-    lines = tagged[0].source.splitlines()
-    assert all("  # " in line for line in lines)  # a comment per parameter
-    assigned = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(tagged[0].source).body}
-    assert list(assigned) == list(PARAMETERS) and assigned == parameter_defaults()
-    assert "study.validate_parameters(globals())" in code[1].source
-    assert any("-p device cuda" in cell.source for cell in nb.cells if cell.cell_type == "markdown")
 
 
 def test_tiny_study_renders_figures_and_findings_then_reuses_its_runs(tmp_path):

@@ -1,4 +1,3 @@
-import ast
 import copy
 import json
 import math
@@ -260,19 +259,6 @@ def test_parameters_are_validated_with_one_line_errors_naming_the_parameter():
         with pytest.raises(ParameterError) as error:
             init_study.validate_parameters(namespace)
         assert str(error.value).startswith(start) and "\n" not in str(error.value)
-
-
-def test_committed_notebook_is_clean_with_documented_parameters():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    nbformat.validate(nb)
-    code = [cell for cell in nb.cells if cell.cell_type == "code"]
-    assert all(cell.outputs == [] and cell.execution_count is None for cell in code)
-    tagged = [cell for cell in nb.cells if "parameters" in cell.metadata.get("tags", [])]
-    assert len(tagged) == 1 and tagged[0] is code[0]
-    assert all("  # " in line for line in tagged[0].source.splitlines())
-    assigned = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(tagged[0].source).body}
-    assert assigned == {name: default for name, (default, _) in init_study.PARAMETERS.items()}
-    assert "init_study.validate_parameters(globals())" in code[1].source
 
 
 def test_notebook_runs_at_a_tiny_size_and_writes_the_numbers(tmp_path):

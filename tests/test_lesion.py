@@ -1,4 +1,3 @@
-import ast
 import json
 import math
 from pathlib import Path
@@ -215,19 +214,6 @@ def test_bad_parameters_raise_one_line_errors_naming_them(namespace, message):
     with pytest.raises(study.ParameterError) as caught:
         lesion.validate_parameters(namespace)
     assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
-
-
-def test_committed_notebook_is_clean_with_the_module_parameters():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    nbformat.validate(nb)
-    code = [cell for cell in nb.cells if cell.cell_type == "code"]
-    assert all(cell.outputs == [] and cell.execution_count is None for cell in code)
-    tagged = [cell for cell in nb.cells if "parameters" in cell.metadata.get("tags", [])]
-    assert len(tagged) == 1 and tagged[0] is code[0]
-    assert all("  # " in line for line in tagged[0].source.splitlines())
-    assigned = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(tagged[0].source).body}
-    assert assigned == lesion.parameter_defaults() and list(assigned) == list(lesion.PARAMETERS)
-    assert "lesion.validate_parameters(globals())" in code[1].source
 
 
 def test_tiny_notebook_runs_and_writes_its_numbers(tmp_path):

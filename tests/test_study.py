@@ -28,22 +28,6 @@ def test_parameters_and_study_params_agree():
     assert set(PARAMETERS) - train_fields == {"variants", "runs_dir", "seeds", "findings_path"}
 
 
-def test_notebook_parameters_cell_matches_the_parameter_list():
-    import papermill
-
-    found = papermill.inspect_notebook(str(study_notebook()))
-    assert list(found) == list(PARAMETERS)
-    for name, (default, description) in PARAMETERS.items():
-        assert eval(found[name]["default"]) == default, name  # noqa: S307 - the notebook's own literal
-        assert found[name]["help"] == description, name
-
-
-def study_notebook():
-    from pathlib import Path
-
-    return Path(study.__file__).resolve().parents[1] / "notebooks" / "depth_study.ipynb"
-
-
 def test_seeds_take_one_int_or_a_list_of_distinct_ints():
     assert validate_parameters({"seeds": 3}).seeds == (3,)
     assert validate_parameters({"seeds": [0, 1, 2]}).seeds == (0, 1, 2)
