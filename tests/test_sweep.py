@@ -301,3 +301,27 @@ def test_default_workers_split_the_cores():
     assert default_workers(1, cores=2) == 1
     assert default_workers(10, cores=16) == 8
     assert default_workers(3, cores=1) == 1
+
+
+def test_other_study_kinds_expand_with_their_own_parameters():
+    [init] = sweep.expand_grid(None, None, {"depths": [[8, 14]], "seeds": [[0]]}, kind="init")
+    assert init.kind == "init" and init.study_id.startswith("init-") and "depth" not in init.parameters
+    assert init.parameters["depths"] == [8, 14] and init.parameters["variants"] == "both"
+    assert sweep.study_id(init.parameters, "init") != sweep.study_id(init.parameters, "costs")
+    lesions = sweep.expand_grid([20, 56], None, {"seeds": [[0, 1]]}, kind="lesion")
+    assert [point.study_id.split("-")[:2] for point in lesions] == [["lesion", "d20"], ["lesion", "d56"]]
+    assert "variants" not in lesions[0].parameters and lesions[0].parameters["depth"] == 20
+    [costs] = sweep.expand_grid(None, None, {}, kind="costs")
+    assert costs.parameters["seeds"] == [0, 1]  # the notebook's default
+    with pytest.raises(ValueError, match="^depths: the init study has no depth axis"):
+        sweep.expand_grid([8], None, {}, kind="init")
+    with pytest.raises(ValueError, match="^depths: give at least one depth"):
+        sweep.expand_grid(None, None, {}, kind="lesion")
+    with pytest.raises(ValueError, match="^lr: not a parameter of the init study"):
+        sweep.expand_grid(None, None, {"lr": [0.1]}, kind="init")
+    with pytest.raises(ValueError, match="^study: 'nope' is not one of"):
+        sweep.expand_grid(None, None, {}, kind="nope")
+    # The sweep sets only the parameters a kind's notebook takes.
+    from analysis.studies import KINDS
+
+    assert "runs_dir" not in KINDS["init"].parameters and "findings_path" in KINDS["init"].parameters
