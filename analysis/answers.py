@@ -18,8 +18,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from analysis.frames import holds_for_every_seed, spread, to_json_value
-from analysis.summary import varying
+from analysis.frames import holds_for_every_seed, paired_by_seed, spread, to_json_value
+from analysis.summary import with_configuration
 
 QUESTIONS = {
     "q1": "Why are skip connections important?",
@@ -74,24 +74,13 @@ def _configuration_key(runs: pd.DataFrame, names: list[str]) -> pd.Series:
 
 def depth_configuration(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs of the configuration trained at the most depths (the depth study), all variants and seeds."""
-    complete = _complete(runs)
+    complete = _complete(with_configuration(runs))
     if complete.empty:
         return complete
-    others = [name for name in varying(runs) if name not in ("depth", "variant")]
-    keys = _configuration_key(complete, others)
+    keys = complete["configuration"]
     depths = complete.groupby(keys)["depth"].nunique()
     chosen = depths.idxmax()
     return complete[keys == chosen] if depths.max() >= 2 else complete.iloc[:0]
-
-
-def _paired_at(runs: pd.DataFrame, depth: int, column: str) -> tuple[list[float], list[float]]:
-    """Plain and residual values of ``column`` at ``depth`` for the seeds both ran."""
-    rows = runs[runs["depth"] == depth]
-    wide = rows.pivot_table(index="seed", columns="variant", values=column, aggfunc="first")
-    if not {"plain", "residual"} <= set(wide.columns):
-        return [], []
-    wide = wide.dropna()
-    return list(wide["plain"].astype(float)), list(wide["residual"].astype(float))
 
 
 def _loss_by_depth(runs: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -109,7 +98,7 @@ def answer_q1(runs: pd.DataFrame, init: dict | None, lesion: dict | None, pages:
         sentences.append("Not measured: no complete depth study with two or more depths in this runs folder.")
     else:
         deepest = int(depth_runs["depth"].max())
-        plain, residual = _paired_at(depth_runs, deepest, "final_train_loss")
+        plain, residual = paired_by_seed(depth_runs[depth_runs["depth"] == deepest], "final_train_loss")
         held = holds_for_every_seed(plain, residual)
         numbers["deepest"] = {"depth": deepest, "plain": spread(plain), "residual": spread(residual),
                               "plain_loss_higher_every_seed": held}
@@ -181,7 +170,7 @@ def answer_q2(runs: pd.DataFrame, lesion: dict | None, pages: dict[str, str | No
 def answer_q3(costs: dict | None, pages: dict[str, str | None]) -> dict:
     """Bottleneck blocks: parameters and multiply-accumulates against a basic block of the same width."""
     if costs is None:
-        return _question("q3", ["The architecture-cost study has not been run."], {}, [pages.get("costs")])
+        return _costs_not_run("q3", pages)
     basic, bottleneck = costs.get("basic_block", {}), costs.get("bottleneck_block", {})
     numbers = {"basic_block": basic, "bottleneck_block": bottleneck}
     sentences = [f"At 256 channels in and out on a 56x56 input, a bottleneck block (1x1 down to 64, 3x3, 1x1 back "
@@ -197,10 +186,14 @@ def answer_q3(costs: dict | None, pages: dict[str, str | None]) -> dict:
     return _question("q3", sentences, numbers, [pages.get("costs")])
 
 
+def _costs_not_run(identifier: str, pages: dict[str, str | None]) -> dict:
+    return _question(identifier, ["The architecture-cost study has not been run."], {}, [pages.get("costs")])
+
+
 def answer_q4(costs: dict | None, pages: dict[str, str | None]) -> dict:
     """ResNet-50 against ResNet-152: parameters, multiply-accumulates and blocks."""
     if costs is None:
-        return _question("q4", ["The architecture-cost study has not been run."], {}, [pages.get("costs")])
+        return _costs_not_run("q4", pages)
     r50, r152 = costs.get("resnet50", {}), costs.get("resnet152", {})
     numbers = {"resnet50": r50, "resnet152": r152}
     sentences = [f"Both use bottleneck blocks in four stages; ResNet-152 has {r152.get('blocks')} blocks "
@@ -226,7 +219,7 @@ def training_groups(runs: pd.DataFrame) -> tuple[int | None, list[dict[str, Any]
     groups = []
     for (variant, _), rows in at_depth.groupby(["variant", keys[at_depth.index]], sort=True):
         first = rows.iloc[0]
-        groups.append({"settings": {"variant": variant, **{name: _plain(first[name]) for name in names}},
+        groups.append({"settings": {"variant": variant, **{name: to_json_value(first[name]) for name in names}},
                        "n_seeds": len(rows), "seeds": sorted(int(s) for s in rows["seed"]),
                        "final_train_loss": spread(rows.sort_values("seed")["final_train_loss"]),
                        "diverged": int((rows["status"] == "diverged").sum())})
@@ -248,7 +241,7 @@ def answer_q5(runs: pd.DataFrame, pages: dict[str, str | None]) -> dict:
     def describe(settings: dict[str, Any]) -> str:
         """The settings that differ from the depth-study notebook's defaults."""
         changed = [f"{name}={settings.get(name)}" for name in differing
-                   if _plain(settings.get(name)) != _plain(defaults.get(name))]
+                   if to_json_value(settings.get(name)) != to_json_value(defaults.get(name))]
         return ", ".join(changed) or "the notebook's defaults"
 
     sentences = []
@@ -355,14 +348,6 @@ def _ratio(a: Any, b: Any) -> float | None:
 
 def _values(group: dict[str, Any]) -> list[float]:
     return list(group["final_train_loss"]["values"])
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return list(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def _trained_sentence(trained: dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import gradient_flow
-from analysis.frames import TRAIN_WINDOW, holds_for_every_seed, spread, to_json_value, variants_in
+from analysis.frames import TRAIN_WINDOW, holds_for_every_seed, paired_by_seed, spread, to_json_value, variants_in
 from analysis.outcomes import VALUES, group_records, run_values
 
 SPREAD_COLUMNS = ("mean", "sd", "min", "max", "n")
@@ -117,25 +117,16 @@ def _spread_table(per_run: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _paired(per_run: pd.DataFrame, name: str) -> tuple[list[float], list[float]]:
-    """Plain and residual values of ``name`` for the seeds both variants ran."""
-    wide = per_run.pivot_table(index="seed", columns="variant", values=name, aggfunc="first", dropna=False)
-    wide = wide.dropna(how="all")
-    if not {"plain", "residual"} <= set(wide.columns):
-        return [], []
-    return list(wide["plain"].astype(float)), list(wide["residual"].astype(float))
-
-
 def _compare(per_run: pd.DataFrame) -> dict[str, Any]:
     """Plain against residual, per seed: which ended with the higher train loss, and the gaps."""
-    plain, residual = _paired(per_run, "final_train_loss")
+    plain, residual = paired_by_seed(per_run, "final_train_loss")
     if not plain:
         return {}
     gaps = [p - r for p, r in zip(plain, residual)]
     comparison: dict[str, Any] = {"n_seeds": len(plain), "loss_gap": spread(gaps),
                                   "plain_loss_higher": holds_for_every_seed(plain, residual),
                                   "seeds_plain_higher": int(sum(p > r for p, r in zip(plain, residual)))}
-    plain_acc, residual_acc = _paired(per_run, "final_val_accuracy")
+    plain_acc, residual_acc = paired_by_seed(per_run, "final_val_accuracy")
     comparison["val_accuracy_gap"] = spread([r - p for p, r in zip(plain_acc, residual_acc)])
     return comparison
 
@@ -260,7 +251,7 @@ def _verb(word: str) -> str:
 
 
 def _response_sentence(per_run: pd.DataFrame, table: pd.DataFrame) -> str | None:
-    plain, residual = _paired(per_run, "response_std_median")
+    plain, residual = paired_by_seed(per_run, "response_std_median")
     if not plain or any(np.isnan(plain + residual)):
         return None
     higher = holds_for_every_seed(plain, residual)

@@ -175,6 +175,16 @@ def spread(values: Iterable[float]) -> dict[str, Any]:
                 "values": [float(v) for v in array]}
 
 
+def paired_by_seed(frame: pd.DataFrame, column: str) -> tuple[list[float], list[float]]:
+    """Plain and residual values of ``column``, one pair per seed either variant ran (NaN where one did not),
+    in seed order: what :func:`holds_for_every_seed` compares. Empty without both variants."""
+    wide = frame.pivot_table(index="seed", columns="variant", values=column, aggfunc="first", dropna=False)
+    wide = wide.dropna(how="all")
+    if not {"plain", "residual"} <= set(wide.columns):
+        return [], []
+    return list(wide["plain"].astype(float)), list(wide["residual"].astype(float))
+
+
 def holds_for_every_seed(left: Sequence[float], right: Sequence[float]) -> bool | None:
     """Whether ``left > right`` for every paired seed: True, False (``left <= right`` for every seed),
     or None (the order differs between seeds, or a value is missing: unresolved)."""

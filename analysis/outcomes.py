@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-import numpy as np
 import pandas as pd
 
 from analysis import gradient_flow
@@ -107,7 +106,7 @@ def group_runs(runs: pd.DataFrame, settings: Sequence[str]) -> list[tuple[dict[s
     groups = []
     for _, members in runs.groupby([keys[name] for name in settings], sort=False, dropna=False):
         first = members.iloc[0]
-        groups.append(({name: _plain(first[name]) for name in settings}, members.sort_values("seed")))
+        groups.append(({name: to_json_value(first[name]) for name in settings}, members.sort_values("seed")))
     return sorted(groups, key=lambda group: [_sort_key(group[0][name]) for name in settings])
 
 
@@ -136,15 +135,6 @@ def group_records(runs: pd.DataFrame, values: pd.DataFrame, settings: Sequence[s
 def _key(value: Any) -> Any:
     """A groupable form of a setting value (lists and None compare by value)."""
     return repr(value) if isinstance(value, (list, tuple, dict)) or value is None else value
-
-
-def _plain(value: Any) -> Any:
-    """A setting as plain JSON: numpy scalars as Python values, NaN and pandas' missing values as None."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return value
 
 
 def _sort_key(value: Any) -> tuple:
