@@ -14,12 +14,12 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-from matplotlib.colors import to_rgb  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from analysis import plots  # noqa: E402
 from analysis.frames import BLOCK_RATIO, DEAD_FRACTION, GRAD_NORM, PALETTE, UPDATE_RATIO, WEIGHT_NORM  # noqa: E402
 from analysis.hooks import STATS  # noqa: E402
+import drawn  # noqa: E402
 
 VARIANTS = ("residual", "plain")
 SEEDS = (0, 1)
@@ -122,33 +122,10 @@ def expected_rows(stats, kind, stat, modules, *, param=None):
     return rows.assign(x=rows["module"].map({module: i + 1 for i, module in enumerate(modules)}))
 
 
-def variant_lines(ax):
-    """variant -> (x, y) of the line drawn in that variant's palette colour."""
-    found = {}
-    for line in ax.lines:
-        for variant, colour in PALETTE.items():
-            if np.allclose(to_rgb(line.get_color()), to_rgb(colour)):
-                assert variant not in found
-                found[variant] = (np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float))
-    return found
-
-
-def variant_bands(ax):
-    """variant -> {x: (low, high)} read from the vertices of the band polygon in that variant's colour."""
-    found = {}
-    for patch in ax.patches:
-        for variant, colour in PALETTE.items():
-            if np.allclose(to_rgb(patch.get_facecolor()), to_rgb(colour)):
-                xy = np.asarray(patch.get_xy())
-                found[variant] = {x: (xy[xy[:, 0] == x, 1].min(), xy[xy[:, 0] == x, 1].max())
-                                  for x in np.unique(xy[:, 0])}
-    return found
-
-
 def check_panel(ax, expected, *, log, x="x", y="value"):
     """Each variant's line is the mean over seeds of ``expected`` at each x (arithmetic on every axis) and its
     band spans min..max over seeds."""
-    lines, bands = variant_lines(ax), variant_bands(ax)
+    lines, bands = drawn.variant_lines(ax), drawn.bands(ax)
     assert set(lines) == set(bands) == set(expected["variant"])
     for variant, mine in expected.groupby("variant"):
         per_x = mine.groupby(x)[y]
@@ -204,7 +181,7 @@ def test_grad_norm_by_depth_main_path_convs_at_both_ends():
             assert is_log(ax) and ax.get_xlabel() == "main-path conv (forward order)"
             assert len(at_end(rows, end)) == len(VARIANTS) * len(SEEDS) * len(CONVS)
             check_panel(ax, at_end(rows, end), log=True)
-            assert set(variant_lines(ax)) == set(VARIANTS)  # drawn in the palette's colours
+            assert set(drawn.variant_lines(ax)) == set(VARIANTS)  # drawn in the palette's colours
     legend = [text.get_text() for legend in fig.legends for text in legend.get_texts()]
     assert legend == ["residual", "plain"]
     assert PALETTE == {"residual": "#0072B2", "plain": "#D55E00"}
@@ -228,7 +205,7 @@ def test_block_ratio_by_depth_residual_blocks_only_with_a_reference_at_one():
     for ax, end in zip(fig.axes, END_TITLES):
         assert is_log(ax)
         check_panel(ax, at_end(rows, end), log=True)
-        assert set(variant_lines(ax)) == {"residual"}
+        assert set(drawn.variant_lines(ax)) == {"residual"}
         [reference] = [line for line in ax.lines if line.get_linestyle() == ":"]
         assert list(reference.get_ydata()) == [1.0, 1.0]
     plain = plots.block_ratio_by_depth(stats[stats["variant"] == "plain"])
@@ -248,14 +225,14 @@ def test_update_ratio_by_step_median_layer_raw_and_over_lr():
     # one planted value by hand: residual, step 11; the median of four layers is the mean of the middle two
     per_seed = [np.mean([planted("update", "residual", seed, 11, index) for index in (3, 6)]) / lr_at(11)
                 for seed in SEEDS]
-    x, y = variant_lines(fig.axes[1])["residual"]
+    x, y = drawn.variant_lines(fig.axes[1])["residual"]
     assert y[list(x).index(11)] == pytest.approx(np.mean(per_seed))
-    assert variant_bands(fig.axes[1])["residual"][11] == pytest.approx((min(per_seed), max(per_seed)))
+    assert drawn.bands(fig.axes[1])["residual"][11] == pytest.approx((min(per_seed), max(per_seed)))
 
 
 def test_update_ratio_over_lr_leaves_out_steps_without_a_learning_rate():
     fig = plots.update_ratio_by_step(make_stats(), make_metrics(steps=20))  # no lr recorded at step 21
-    raw, over_lr = (variant_lines(ax)["plain"][0] for ax in fig.axes)
+    raw, over_lr = (drawn.variant_lines(ax)["plain"][0] for ax in fig.axes)
     assert list(raw) == list(STEPS) and list(over_lr) == list(STEPS[:-1])
     fig.savefig(io.BytesIO(), format="png")  # drawing a log axis works too
 
@@ -291,7 +268,7 @@ def test_training_curves_default_window_and_a_diverged_seed():
     metrics.loc[diverged, "value"] = np.inf
     fig = plots.training_curves(metrics)  # 21 steps: a window of max(1, 21 // 25) = 1
     ax = {ax.get_title(): ax for ax in fig.axes}["train (rolling mean of 1) | loss"]
-    x, y = variant_lines(ax)["plain"]
+    x, y = drawn.variant_lines(ax)["plain"]
     only = metrics[(metrics["run_id"] == run_id("plain", 0)) & (metrics["step"] == 21) & (metrics["metric"] == "loss")]
     assert x[-1] == 21 and y[-1] == pytest.approx(only["value"].iloc[0])  # the non-finite seed is left out
     assert np.isfinite(y).all()

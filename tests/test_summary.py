@@ -16,10 +16,11 @@ from matplotlib.figure import Figure
 
 from analysis import summary
 from analysis.config import TrainConfig
-from analysis.frames import NOT_SETTINGS, PALETTE, TRAIN_WINDOW, spread, to_json_value
+from analysis.frames import NOT_SETTINGS, TRAIN_WINDOW, spread, to_json_value
 from analysis.hooks import read_stats
 from analysis.outcomes import VALUES
 from analysis.train import Callback, train
+import drawn
 
 TINY = dict(width=4, image_size=8, steps=4, batch_size=8, val_batches=1, val_every=2, stats_every=2,
             device="cpu", threads=1)
@@ -448,33 +449,11 @@ def test_depth_points_keep_complete_runs_and_note_the_others(runs):
 
 # -- figures -----------------------------------------------------------------------
 
-def _variant_lines(ax):
-    """variant -> (x, y) of the line drawn in that variant's palette colour."""
-    found = {}
-    for line in ax.lines:
-        for variant, colour in PALETTE.items():
-            if np.allclose(to_rgb(line.get_color()), to_rgb(colour)):
-                assert variant not in found
-                found[variant] = (np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float))
-    return found
-
-
-def _bands(ax, colours):
-    """name -> {x: (low, high)} of the band polygon drawn in that colour."""
-    found = {}
-    for patch in ax.patches:
-        for name, colour in colours.items():
-            if np.allclose(to_rgb(patch.get_facecolor()), to_rgb(colour)):
-                xy = np.asarray(patch.get_xy())
-                found[name] = {x: (xy[xy[:, 0] == x, 1].min(), xy[xy[:, 0] == x, 1].max()) for x in np.unique(xy[:, 0])}
-    return found
-
-
 def _check_depth_panel(ax, runs, column, *, log):
     """The panel's lines are the per-depth mean over complete seeds (arithmetic on every axis, as summary.json)
     and its bands span min..max."""
     shown = runs[(runs["status"] == "complete") & np.isfinite(runs[column].astype(float))]
-    lines, bands = _variant_lines(ax), _bands(ax, PALETTE)
+    lines, bands = drawn.variant_lines(ax), drawn.bands(ax)
     assert set(lines) == set(bands) == set(shown["variant"])
     for variant, mine in shown.groupby("variant"):
         per_depth = mine.groupby("depth")[column]
@@ -560,7 +539,7 @@ def test_degradation_curves_are_seed_means_of_the_training_error(runs, metrics):
         assert ax.get_ylabel() == "train error (%), mean of 2 steps"
         lines = {depth: line for line in ax.lines for depth, colour in colours.items()
                  if np.allclose(to_rgb(line.get_color()), colour)}
-        bands = _bands(ax, colours)
+        bands = drawn.bands(ax, colours)
         assert set(lines) == set(bands) == set(depths)
         for depth in depths:
             mine = base[(base["variant"] == ax.get_title()) & (base["depth"] == depth)]
