@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from analysis.config import config_fields
 from analysis.frames import PALETTE, setting_columns, variant_of, variants_in, varying_settings
 from analysis.hooks.writer import PART_GLOB, SCHEMA, to_frame
-from analysis.outcomes import VALUES, group_records, run_values
+from analysis.outcomes import VALUES, group_records, group_runs, run_values
 from analysis.plots import SEED_BAND, WIDTH, over_seeds
 from analysis.store import STATS_DIR, list_runs, load_runs
 
@@ -103,13 +103,24 @@ def summary_json(runs: pd.DataFrame) -> dict[str, Any]:
             "groups": group_records(readable, readable[["run_id", *SUMMARY_VALUES]], settings_of(readable))}
 
 
+COMMON = "most common settings"
+"""How a configuration that differs from no setting's most common value is named in figures."""
+
+
 def with_configuration(runs: pd.DataFrame) -> pd.DataFrame:
-    """``runs`` with ``configuration``: the values of the varying settings other than depth and variant as text."""
+    """``runs`` with ``configuration``: the varying settings (other than depth and variant) whose value differs
+    from that setting's most common value among the readable runs, as ``name=value`` text ('' for none).
+
+    Two configurations always get different labels, and a label stays short however many settings vary.
+    """
     others = [name for name in varying(runs) if name not in ("depth", "variant")]
     if not others:
         return runs.assign(configuration="")
-    text = runs[others].apply(lambda row: ", ".join(f"{name}={_text(row[name])}" for name in others), axis=1)
-    return runs.assign(configuration=text)
+    text = runs[others].map(_text)
+    common = text[runs["variant"].notna()].mode().iloc[0]
+    label = text.apply(lambda row: ", ".join(f"{name}={row[name]}" for name in others if row[name] != common[name]),
+                       axis=1)
+    return runs.assign(configuration=label)
 
 
 def _text(value: Any) -> str:
@@ -138,13 +149,16 @@ def status_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 def group_table(runs: pd.DataFrame, values: tuple[str, ...] = ("final_train_loss", "final_val_accuracy",
                                                                "grad_ratio_init", "grad_growth_init")) -> pd.DataFrame:
-    """One row per configuration and depth: n seeds, diverged count and mean / min / max of ``values``."""
-    groups = summary_json(runs)["groups"]
+    """One row per configuration and depth (named as :func:`with_configuration` does): n seeds, diverged count
+    and mean / min / max of ``values``."""
+    labels = with_configuration(runs).set_index("run_id")["configuration"]
+    readable = runs[runs["variant"].notna() & runs["status"].isin(FINISHED)]
     rows = []
-    for group in groups:
+    # summary_json's groups come from group_runs over the same runs, in the same order.
+    for group, (_, members) in zip(summary_json(runs)["groups"], group_runs(readable, settings_of(readable))):
         settings = group["settings"]
         row = {"depth": settings.get("depth"), "variant": settings.get("variant"),
-               **{name: settings.get(name) for name in varying(runs) if name not in ("depth", "variant")},
+               "configuration": labels[members["run_id"].iloc[0]] or COMMON,
                "n_seeds": group["n_seeds"], "diverged": group["metrics"]["diverged"]}
         for name in values:
             metric = group["metrics"][name]
@@ -288,8 +302,7 @@ def plot_configurations(runs: pd.DataFrame) -> Figure:
     diverged = runs.groupby(["configuration", "depth"])["status"].agg(
         lambda status: f"diverged {int((status == 'diverged').sum())}/{len(status)}" if (status == "diverged").any()
         else "")
-    label = runs.apply(lambda run: " ".join(filter(None, [f"depth {int(run['depth'])}", run["configuration"] or
-                                                          "notebook defaults",
+    label = runs.apply(lambda run: " ".join(filter(None, [f"depth {int(run['depth'])}", run["configuration"] or COMMON,
                                                           diverged[(run["configuration"], run["depth"])]])), axis=1)
     rows = runs.assign(label=label, value=runs["final_train_loss"].astype(float))
     no_value = sorted(set(rows.loc[~np.isfinite(rows["value"]), "label"]) - set(rows.loc[np.isfinite(rows["value"]), "label"]))

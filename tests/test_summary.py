@@ -373,10 +373,14 @@ def test_with_configuration_names_the_other_varying_settings(runs):
     chosen = runs[runs["variant"].notna() & (runs["shortcut"] != "B")]
     assert summary.varying(chosen) == ["depth", "variant", "norm", "optimizer", "lr"]
     text = summary.with_configuration(chosen).set_index("run_id")["configuration"]
+    common = {"norm": "batch", "optimizer": "sgd", "lr": 0.1}  # each setting's most common value among these runs
+    for name, value in common.items():
+        assert chosen[name].value_counts().idxmax() == value
     for run in chosen.itertuples():
-        assert text[run.run_id] == f"norm={run.norm}, optimizer={run.optimizer}, lr={run.lr}"
-    assert _select(summary.with_configuration(runs), shortcut="B")["configuration"].iloc[0] \
-        == "shortcut=B, norm=batch, optimizer=sgd, lr=0.1"
+        assert text[run.run_id] == ", ".join(f"{name}={getattr(run, name)}" for name in common
+                                             if getattr(run, name) != common[name])
+    assert set(text) == {"", "optimizer=adam", "norm=none", "norm=none, lr=1000000.0"}
+    assert _select(summary.with_configuration(runs), shortcut="B")["configuration"].iloc[0] == "shortcut=B"
 
 
 def test_count_table_counts_runs_by_configuration_variant_depth_and_status(runs):
@@ -412,16 +416,17 @@ def test_group_table_rows_are_the_summary_groups(runs):
     table = summary.group_table(runs)
     groups = summary.summary_json(runs)["groups"]
     assert len(table) == len(groups)
-    assert list(table.columns[:8]) == ["depth", "variant", "shortcut", "norm", "optimizer", "lr", "n_seeds",
-                                       "diverged"]
+    assert list(table.columns[:5]) == ["depth", "variant", "configuration", "n_seeds", "diverged"]
     assert "final_train_loss mean" in table.columns and "grad_growth_init max" in table.columns
-    row = table[(table["depth"] == 8) & (table["variant"] == "residual") & (table["optimizer"] == "adam")].iloc[0]
+    assert len(table.drop_duplicates(["depth", "variant", "configuration"])) == len(table)  # labels tell groups apart
+    row = table[(table["depth"] == 8) & (table["variant"] == "residual")
+                & (table["configuration"] == "optimizer=adam")].iloc[0]
     mine = _select(runs, depth=8, variant="residual", optimizer="adam")
     assert row["n_seeds"] == 2 and row["diverged"] == 0
     for name in ("final_train_loss", "final_val_accuracy", "grad_ratio_init", "grad_growth_init"):
         assert row[f"{name} mean"] == pytest.approx(mine[name].mean())
         assert row[f"{name} min"] == mine[name].min() and row[f"{name} max"] == mine[name].max()
-    assert table.loc[table["lr"] == 1e6, "diverged"].tolist() == [1]
+    assert table.loc[table["configuration"] == "norm=none, lr=1000000.0", "diverged"].tolist() == [1]
     assert summary.group_table(runs.iloc[:0]).empty
 
 
@@ -502,9 +507,9 @@ def test_configurations_are_compared_side_by_side(runs):
     [ax] = fig.axes
     labels = [tick.get_text() for tick in ax.get_yticklabels()]
     finished = summary.with_configuration(runs[runs["variant"].notna() & runs["status"].isin(summary.FINISHED)])
-    expected = {f"depth {depth} " + (configuration or "notebook defaults")
+    expected = {f"depth {depth} " + (configuration or summary.COMMON)
                 for depth, configuration in zip(finished["depth"], finished["configuration"])}
-    diverged = "depth 8 shortcut=None, norm=none, optimizer=sgd, lr=1000000.0 diverged 1/1"
+    diverged = "depth 8 norm=none, lr=1000000.0 diverged 1/1"
     assert set(labels) == expected - {diverged.removesuffix(" diverged 1/1")}
     assert fig.get_supxlabel() == f"Not shown (no finite loss in any seed): {diverged}"  # named, not hidden
     finite = finished[np.isfinite(finished["final_train_loss"].astype(float))]
