@@ -190,7 +190,8 @@ def depth_points(runs: pd.DataFrame, columns: dict[str, str], *, positive: bool 
     keep = np.isfinite(long["value"]) & ((long["value"] > 0) if positive else True)
     if missing := int((~keep).sum()):
         reasons.append(f"{missing} values of complete runs that are missing or not finite")
-    long = long[keep].assign(quantity=lambda frame: frame["quantity"].map(columns), depth=lambda f: f["depth"].astype(int))
+    long = long[keep].assign(quantity=lambda frame: frame["quantity"].map(columns), depth=lambda f: f["depth"].astype(int),
+                             configuration=lambda f: f["configuration"].replace("", COMMON))
     note = f"Not shown: {', '.join(reasons)} (see the table of all runs)" if reasons else ""
     return long, note
 
@@ -259,7 +260,8 @@ def plot_degradation(metrics: pd.DataFrame, runs: pd.DataFrame, *, smooth: int |
     """
     runs = with_configuration(runs[runs["variant"].notna() & runs["depth"].notna() & (runs["status"] == "complete")])
     rows = metrics[(metrics["split"] == "train") & (metrics["metric"] == "accuracy")]
-    rows = rows.merge(runs[["run_id", "depth", "variant", "configuration"]], on="run_id")
+    rows = rows.merge(runs[["run_id", "depth", "variant", "configuration"]].replace({"configuration": {"": COMMON}}),
+                      on="run_id")
     fig = Figure(figsize=(WIDTH, 3.6 * max(1, runs["configuration"].nunique())), layout="constrained")
     fig.suptitle("Training error during training by depth: plain against residual (band: range over seeds)")
     if rows.empty:

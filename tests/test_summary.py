@@ -563,7 +563,8 @@ def test_degradation_has_a_row_per_configuration(runs, metrics):
     configurations = summary.with_configuration(complete)["configuration"].unique()
     assert len(configurations) == 4
     assert sorted(ax.get_title() for ax in fig.axes) == sorted(
-        f"{variant} | {configuration}" for configuration in configurations for variant in ("plain", "residual"))
+        f"{variant} | {configuration or summary.COMMON}" for configuration in configurations
+        for variant in ("plain", "residual"))
 
 
 def test_empty_runs_folder_gives_empty_tables_and_figures_that_say_so(tmp_path):
