@@ -10,6 +10,7 @@ and give each combination of the other varying settings its own panel.
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,8 @@ def summary_json(runs: pd.DataFrame) -> dict[str, Any]:
             "groups": group_records(readable, readable[["run_id", *SUMMARY_VALUES]], settings_of(readable))}
 
 
+TITLE_WIDTH = 55
+"""Panel titles of the depth figures wrap at this many characters."""
 COMMON = "most common settings"
 """How a configuration that differs from no setting's most common value is named in figures."""
 
@@ -220,6 +223,8 @@ def _depth_figure(long: pd.DataFrame, note: str, *, title: str, log_y: bool, yla
         if log_y:
             plot = plot.scale(y="log")
         plot.on(fig).plot()
+        for ax in fig.axes:  # a long configuration label would run into its neighbour's title
+            ax.set_title(textwrap.fill(ax.get_title(), TITLE_WIDTH))
     if note:
         fig.supxlabel(note, fontsize="small")
     return fig
