@@ -3,6 +3,11 @@
 - ``sweep``: run the depth-study notebook over a grid of depths and settings.
 - ``report``: compile executed notebooks into HTML reports and an index.
 - ``main``: the default study (a small sweep) followed by its report; ``make report`` runs it.
+
+Every command reports bad input (a value, a path, an unreachable scheduler, a
+folder another process holds) as one line naming what is wrong, with exit
+status 2; a sweep stopped by SIGINT, SIGTERM or SIGHUP exits with 128 + the
+signal number once its points are stopped and recorded.
 """
 from __future__ import annotations
 
@@ -10,12 +15,16 @@ import argparse
 import sys
 
 from analysis import default_study, report, sweep
+from analysis.checks import shown
+from analysis.locks import FolderBusy
 
 COMMANDS = {
     "sweep": sweep,
     "report": report,
     "main": default_study,
 }
+USAGE_ERRORS = (ValueError, ConnectionError, FolderBusy, OSError)
+"""What a command raises for input it cannot use; shown as one line, exit status 2."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +36,21 @@ def main(argv: list[str] | None = None) -> int:
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(sub)
     args = parser.parse_args(argv)
-    return COMMANDS[args.command].run(args)
+    try:
+        return COMMANDS[args.command].run(args)
+    except sweep.SweepCancelled as exc:
+        print(f"{args.command}: {exc}; unfinished points are recorded as cancelled", file=sys.stderr)
+        return 128 + exc.signum
+    except USAGE_ERRORS as exc:
+        print(f"{args.command}: error: {error_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for a usage error: the message (an OSError's with the path it names)."""
+    if isinstance(exc, OSError) and not isinstance(exc, ConnectionError) and exc.filename is not None:
+        return f"{exc.strerror or type(exc).__name__}: {shown(str(exc.filename))}"
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

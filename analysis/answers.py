@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from analysis.checks import shown
 from analysis.frames import holds_for_every_seed, paired_by_seed, spread, to_json_value
 from analysis.summary import with_configuration
 
@@ -50,9 +51,11 @@ def latest_findings(studies: pd.DataFrame, kind: str) -> tuple[dict[str, Any] | 
             continue
         path = Path(notebook).parent / "findings.json"
         try:
-            return json.loads(path.read_text()), study_page(row.study_id)
+            findings = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
+        if isinstance(findings, dict):
+            return findings, study_page(row.study_id)
     return None, None
 
 
@@ -272,14 +275,24 @@ def build_answers(runs: pd.DataFrame, studies: pd.DataFrame) -> dict[str, Any]:
     found = {kind: latest_findings(studies, kind) for kind in ("init", "lesion", "costs")}
     pages = {kind: page for kind, (_, page) in found.items()}
     pages["depth"] = _depth_page(studies)
-    builders: list[Callable[[], dict]] = [
-        lambda: answer_q1(runs, found["init"][0], found["lesion"][0], pages),
-        lambda: answer_q2(runs, found["lesion"][0], pages),
-        lambda: answer_q3(found["costs"][0], pages),
-        lambda: answer_q4(found["costs"][0], pages),
-        lambda: answer_q5(runs, pages),
-    ]
-    return to_json_value({"questions": [build() for build in builders]})
+    builders: dict[str, Callable[[], dict]] = {
+        "q1": lambda: answer_q1(runs, found["init"][0], found["lesion"][0], pages),
+        "q2": lambda: answer_q2(runs, found["lesion"][0], pages),
+        "q3": lambda: answer_q3(found["costs"][0], pages),
+        "q4": lambda: answer_q4(found["costs"][0], pages),
+        "q5": lambda: answer_q5(runs, pages),
+    }
+    return to_json_value({"questions": [_answered(identifier, build) for identifier, build in builders.items()]})
+
+
+def _answered(identifier: str, build: Callable[[], dict]) -> dict:
+    """The question's answer, or, when a study's ``findings.json`` lacks what it needs (a foreign or
+    damaged file), an answer that says so instead of stopping the report."""
+    try:
+        return build()
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        return _question(identifier, [f"Not answered: a findings.json it reads is incomplete or damaged "
+                                      f"({type(exc).__name__}: {shown(str(exc))})."], {}, [])
 
 
 def study_defaults() -> dict[str, Any]:

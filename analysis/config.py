@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from analysis.checks import shown
 from analysis.data import DATASETS
 from analysis.models import INITS, NORMS, SHORTCUTS, STEMS, describe_valid_depths, valid_depth
 
@@ -93,7 +94,7 @@ class TrainConfig:
         """Check every field; raise ConfigError naming the first bad one."""
         _check_int(self, "depth", minimum=1)
         if not valid_depth(self.depth):
-            raise ConfigError("depth", f"{self.depth!r} is not supported; valid depths: {describe_valid_depths()}")
+            raise ConfigError("depth", f"{shown(self.depth)} is not supported; valid depths: {describe_valid_depths()}")
         _check_bool(self, "residual")
         _check_choice(self, "shortcut", SHORTCUTS, optional=True)
         _check_choice(self, "norm", NORMS)
@@ -103,18 +104,18 @@ class TrainConfig:
         _check_bool(self, "zero_init_residual")
         _check_choice(self, "init", INITS)
         if self.zero_init_residual and self.init != "kaiming":
-            raise ConfigError("zero_init_residual", f"requires init='kaiming' (init={self.init!r} already zeroes each branch)")
+            raise ConfigError("zero_init_residual", f"requires init='kaiming' (init={shown(self.init)} already zeroes each branch)")
         if self.zero_init_residual and not self.residual:
             raise ConfigError("zero_init_residual", "requires residual=True (it would zero every plain block)")
         if self.zero_init_residual and self.norm == "none":
             raise ConfigError("zero_init_residual", "requires norm='batch' (it zeroes the last batch-norm gamma)")
         if self.init != "kaiming" and not self.residual:
-            raise ConfigError("init", f"{self.init!r} requires residual=True (plain networks allow only 'kaiming')")
+            raise ConfigError("init", f"{shown(self.init)} requires residual=True (plain networks allow only 'kaiming')")
         if self.init == "fixup" and self.norm != "none":
             raise ConfigError("init", "'fixup' requires norm='none' (with norm='batch' use 'kaiming' or 'skipinit')")
         _check_choice(self, "dataset", DATASETS)
         if self.data_root is not None and not isinstance(self.data_root, str):
-            raise ConfigError("data_root", f"must be a path string or None, got {self.data_root!r}")
+            raise ConfigError("data_root", f"must be a path string or None, got {shown(self.data_root)}")
         _check_int(self, "image_size", minimum=8)
         _check_bool(self, "download")
         _check_int(self, "batch_size", minimum=1)
@@ -127,16 +128,16 @@ class TrainConfig:
             raise ConfigError("nesterov", "requires optimizer='sgd' and momentum > 0")
         _check_float(self, "weight_decay", minimum=0.0)
         if len(self.betas) != 2:
-            raise ConfigError("betas", f"must be two numbers in [0, 1), got {self.betas!r}")
+            raise ConfigError("betas", f"must be two numbers in [0, 1), got {shown(self.betas)}")
         for beta in self.betas:
             if not _is_number(beta) or not 0.0 <= beta < 1.0:
-                raise ConfigError("betas", f"must be two numbers in [0, 1), got {self.betas!r}")
+                raise ConfigError("betas", f"must be two numbers in [0, 1), got {shown(self.betas)}")
         _check_choice(self, "schedule", SCHEDULES)
         for milestone in self.milestones:
             if not _is_int(milestone) or not 0 < milestone <= self.steps:
-                raise ConfigError("milestones", f"must be steps in 1..steps={self.steps}, got {list(self.milestones)!r}")
+                raise ConfigError("milestones", f"must be steps in 1..steps={self.steps}, got {shown(list(self.milestones))}")
         if list(self.milestones) != sorted(set(self.milestones)):
-            raise ConfigError("milestones", f"must be strictly increasing, got {list(self.milestones)!r}")
+            raise ConfigError("milestones", f"must be strictly increasing, got {shown(list(self.milestones))}")
         if self.schedule == "step" and not self.milestones:
             raise ConfigError("milestones", "schedule='step' needs at least one milestone")
         _check_float(self, "gamma", positive=True)
@@ -204,26 +205,26 @@ def _is_number(value: Any) -> bool:
 def _check_int(config: TrainConfig, name: str, *, minimum: int) -> None:
     value = getattr(config, name)
     if not _is_int(value) or value < minimum:
-        raise ConfigError(name, f"must be an integer >= {minimum}, got {value!r}")
+        raise ConfigError(name, f"must be an integer >= {minimum}, got {shown(value)}")
 
 
 def _check_float(config: TrainConfig, name: str, *, positive: bool = False,
                  minimum: float | None = None, below: float | None = None) -> None:
     value = getattr(config, name)
     if not _is_number(value) or not math.isfinite(value):
-        raise ConfigError(name, f"must be a finite number, got {value!r}")
+        raise ConfigError(name, f"must be a finite number, got {shown(value)}")
     if positive and value <= 0:
-        raise ConfigError(name, f"must be > 0, got {value!r}")
+        raise ConfigError(name, f"must be > 0, got {shown(value)}")
     if minimum is not None and value < minimum:
-        raise ConfigError(name, f"must be >= {minimum}, got {value!r}")
+        raise ConfigError(name, f"must be >= {minimum}, got {shown(value)}")
     if below is not None and value >= below:
-        raise ConfigError(name, f"must be < {below}, got {value!r}")
+        raise ConfigError(name, f"must be < {below}, got {shown(value)}")
 
 
 def _check_bool(config: TrainConfig, name: str) -> None:
     value = getattr(config, name)
     if not isinstance(value, bool):
-        raise ConfigError(name, f"must be True or False, got {value!r}")
+        raise ConfigError(name, f"must be True or False, got {shown(value)}")
 
 
 def _check_choice(config: TrainConfig, name: str, allowed: tuple[str, ...], *, optional: bool = False) -> None:
@@ -232,4 +233,4 @@ def _check_choice(config: TrainConfig, name: str, allowed: tuple[str, ...], *, o
         return
     if value not in allowed:
         options = ", ".join(repr(a) for a in allowed) + (", or None" if optional else "")
-        raise ConfigError(name, f"{value!r} is not one of {options}")
+        raise ConfigError(name, f"{shown(value)} is not one of {options}")

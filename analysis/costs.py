@@ -29,6 +29,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from analysis.checks import shown
 from analysis.config import ConfigError, TrainConfig
 from analysis.frames import PALETTE, final_metrics, to_json_value
 from analysis.findings import Sentences
@@ -208,14 +209,14 @@ def matched_pair(width: int = 4, *, basic_depth: int = 34, bottleneck_depth: int
     """
     for name, value in (("width", width), ("image_size", image_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer; got {value!r}")
+            raise ValueError(f"{name} must be a positive integer; got {shown(value)}")
     if not valid_depth(basic_depth) or basic_depth in (50, 101, 152):
         raise ValueError(f"basic_depth must be a depth built of basic blocks (18, 34, or 6n+2 such as 20); "
-                         f"got {basic_depth!r}")
+                         f"got {shown(basic_depth)}")
     if bottleneck_depth not in (50, 101, 152):
-        raise ValueError(f"bottleneck_depth must be 50, 101 or 152; got {bottleneck_depth!r}")
+        raise ValueError(f"bottleneck_depth must be 50, 101 or 152; got {shown(bottleneck_depth)}")
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance > 0:
-        raise ValueError(f"tolerance must be a positive number; got {tolerance!r}")
+        raise ValueError(f"tolerance must be a positive number; got {shown(tolerance)}")
 
     def build(depth: int, w: int) -> nn.Module:
         return _on_meta(lambda: build_model(depth, width=w, shortcut=shortcut, stem=stem))
@@ -422,7 +423,7 @@ def _seeds(value: Any) -> tuple[int, ...]:
         seeds = [value]
     if (not isinstance(seeds, (list, tuple)) or not seeds or len(set(seeds)) != len(seeds)
             or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):
-        raise ParameterError("seeds", f"must be one int >= 0 or a list of distinct ones such as [0, 1], got {value!r}")
+        raise ParameterError("seeds", f"must be one int >= 0 or a list of distinct ones such as [0, 1], got {shown(value)}")
     return tuple(seeds)
 
 
@@ -438,7 +439,7 @@ def validate_parameters(namespace: Mapping[str, Any]) -> CostParams:
     seeds = _seeds(values["seeds"])
     width = values["width"]
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise ParameterError("width", f"must be an integer >= 1, got {width!r}")
+        raise ParameterError("width", f"must be an integer >= 1, got {shown(width)}")
     folder_path("runs_dir", values["runs_dir"])
     findings_path = optional_path("findings_path", values["findings_path"])
     settings = {name: values[name] for name in _TRAIN_SETTINGS}

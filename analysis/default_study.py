@@ -23,7 +23,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import report, sweep
+from analysis.extras import require_extra
+
+# The command line imports this module first: without the report extra it stops here, naming the extra.
+require_extra("report", feature="the command line (it runs notebooks and compiles reports)")
+
+from analysis import report, sweep  # noqa: E402
 
 DEPTHS = (8, 20, 56)
 SEEDS = (0, 1, 2)
@@ -76,6 +81,7 @@ def training_points(seeds: list[int]) -> list[sweep.Point]:
 
 
 def run(args: argparse.Namespace) -> int:
+    report.checked_out_dir(args.out)
     seeds = {"seeds": [list(args.seeds)]}
     budget = {name: [value] for name, value in BUDGET.items()}
     first = [

@@ -48,6 +48,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 from torch import nn
 
+from analysis.checks import shown
 from analysis.data import load_data
 from analysis.gradient_flow import direction, first_to_last, fit_growth
 from analysis.models import build_model
@@ -138,13 +139,13 @@ def validate_parameters(namespace: Mapping[str, Any]) -> InitParams:
             raise ParameterError("depths", f"{depth} is not a CIFAR-family depth 6n+2 (50 and 152 build the "
                                            "ImageNet family); e.g. 8, 14, 20, 32, 44, 56, 110")
     if values["variants"] not in VARIANTS:
-        raise ParameterError("variants", f"{values['variants']!r} is not one of {', '.join(map(repr, VARIANTS))}")
+        raise ParameterError("variants", f"{shown(values['variants'])} is not one of {', '.join(map(repr, VARIANTS))}")
     norms = values["norms"]
     norms = [part.strip(" '\"") for part in norms.strip("[]()").split(",")] if isinstance(norms, str) else norms
     if not isinstance(norms, (list, tuple)) or not norms or any(n not in NORMS for n in norms):
-        raise ParameterError("norms", f"must be a non-empty list of 'batch' and 'none', got {values['norms']!r}")
+        raise ParameterError("norms", f"must be a non-empty list of 'batch' and 'none', got {shown(values['norms'])}")
     if not isinstance(values["include_1202"], bool):
-        raise ParameterError("include_1202", f"must be True or False, got {values['include_1202']!r}")
+        raise ParameterError("include_1202", f"must be True or False, got {shown(values['include_1202'])}")
     path = optional_path("findings_path", values["findings_path"])
     threads = values["threads"]
     if threads is not None:
@@ -170,7 +171,7 @@ def _int_list(name: str, value: Any, *, minimum: int, single: bool = False) -> l
           and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= minimum for v in items))
     if not ok:
         kind = "an integer" if single else "an integer or a non-empty list of integers"
-        raise ParameterError(name, f"must be {kind} >= {minimum}, got {value!r}")
+        raise ParameterError(name, f"must be {kind} >= {minimum}, got {shown(value)}")
     return [int(v) for v in items]
 
 

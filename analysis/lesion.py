@@ -41,6 +41,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from analysis import study
+from analysis.checks import shown
 from analysis.config import TrainConfig
 from analysis.findings import Sentences
 from analysis.frames import PALETTE, to_json_value, variant_of, variants_in
@@ -140,7 +141,7 @@ def lesion(model: nn.Module, block_index: int) -> Iterator[BlockInfo]:
     infos = blocks_of(model)
     if (isinstance(block_index, bool) or not isinstance(block_index, numbers.Integral)
             or not 0 <= block_index < len(infos)):
-        raise ValueError(f"block_index must be an integer in 0..{len(infos) - 1}; got {block_index!r}")
+        raise ValueError(f"block_index must be an integer in 0..{len(infos) - 1}; got {shown(block_index)}")
     info = infos[int(block_index)]
     if not info.deletable:
         yield info

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from analysis.checks import shown
 __all__ = [
     "IMAGENET_DEPTHS",
     "BasicBlock",
@@ -256,17 +257,17 @@ Block = type[BasicBlock] | type[Bottleneck]
 def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
     if value not in allowed:
         choices = ", ".join(repr(a) for a in allowed)
-        raise ValueError(f"{name} must be one of {choices}; got {value!r}")
+        raise ValueError(f"{name} must be one of {choices}; got {shown(value)}")
 
 
 def _check_bool(name: str, value: Any) -> None:
     if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False; got {value!r}")
+        raise ValueError(f"{name} must be True or False; got {shown(value)}")
 
 
 def _check_positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        raise ValueError(f"{name} must be a positive integer; got {shown(value)}")
     return int(value)
 
 
@@ -307,7 +308,7 @@ class ResNet(nn.Module):
         _check_choice("init", init, INITS)
         if zero_init_residual and init != "kaiming":
             raise ValueError(
-                f"zero_init_residual=True needs init='kaiming': init={init!r} already starts "
+                f"zero_init_residual=True needs init='kaiming': init={shown(init)} already starts "
                 "every residual branch at zero"
             )
         if zero_init_residual and not residual:
@@ -318,16 +319,16 @@ class ResNet(nn.Module):
         if zero_init_residual and norm != "batch":
             raise ValueError(
                 "zero_init_residual=True needs norm='batch': it zeroes the last BatchNorm weight "
-                f"of each branch; got norm={norm!r}"
+                f"of each branch; got norm={shown(norm)}"
             )
         if init != "kaiming" and not residual:
             raise ValueError(
-                f"init={init!r} needs residual=True: it acts on residual branches, which a plain "
+                f"init={shown(init)} needs residual=True: it acts on residual branches, which a plain "
                 "network has none of; plain networks allow only init='kaiming'"
             )
         if init == "fixup" and norm != "none":
             raise ValueError(
-                f"init='fixup' needs norm='none': Fixup replaces normalization; got norm={norm!r} "
+                f"init='fixup' needs norm='none': Fixup replaces normalization; got norm={shown(norm)} "
                 "(with norm='batch' use init='kaiming' or 'skipinit')"
             )
         if len(layers) != len(widths) or not layers:
@@ -500,7 +501,7 @@ def build_model(
             (message names the argument and its allowed values).
     """
     if not valid_depth(depth):
-        raise ValueError(f"depth must be {describe_valid_depths()}; got {depth!r}")
+        raise ValueError(f"depth must be {describe_valid_depths()}; got {shown(depth)}")
     depth = int(depth)
     if shortcut is not None:
         _check_choice("shortcut", shortcut, SHORTCUTS)

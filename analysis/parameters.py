@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 from typing import Any, Mapping
 
+from analysis.checks import shown
 Parameters = Mapping[str, tuple[Any, str]]
 
 # Names IPython defines in every kernel namespace; never parameters.
@@ -52,7 +53,7 @@ def read_parameters(namespace: Mapping[str, Any], parameters: Parameters) -> dic
             continue
         if name not in parameters:
             close = difflib.get_close_matches(name, list(parameters), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = f" (did you mean {shown(close[0])}?)" if close else ""
             raise ParameterError(name, f"unknown parameter{hint}; known parameters: {', '.join(parameters)}")
         values[name] = value
     return values
@@ -61,12 +62,12 @@ def read_parameters(namespace: Mapping[str, Any], parameters: Parameters) -> dic
 def optional_path(name: str, value: Any) -> str | None:
     """A non-empty path string or None (e.g. ``findings_path``)."""
     if value is not None and (not isinstance(value, str) or not value):
-        raise ParameterError(name, f"must be a file path string or None, got {value!r}")
+        raise ParameterError(name, f"must be a file path string or None, got {shown(value)}")
     return value
 
 
 def folder_path(name: str, value: Any) -> str:
     """A non-empty folder path string (e.g. ``runs_dir``)."""
     if not isinstance(value, str) or not value:
-        raise ParameterError(name, f"must be a folder path string, got {value!r}")
+        raise ParameterError(name, f"must be a folder path string, got {shown(value)}")
     return value

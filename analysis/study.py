@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from analysis.checks import shown
 from analysis.config import ConfigError, TrainConfig, config_fields
 from analysis.parameters import ParameterError, defaults, folder_path, optional_path, read_parameters
 from analysis.frames import ACTIVATION_STD, NORM_TYPES, layer_rows, setting_columns, variant_of, variants_in
@@ -139,12 +140,12 @@ def validate_parameters(namespace: Mapping[str, Any]) -> StudyParams:
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             values[name] = float(value)
         if isinstance(default, bool) and not isinstance(value, bool):
-            raise ParameterError(name, f"must be True or False, got {value!r}")
+            raise ParameterError(name, f"must be True or False, got {shown(value)}")
     values["milestones"] = _sequence("milestones", values["milestones"], int, "a list of steps such as [100, 200]")
     values["betas"] = _sequence("betas", values["betas"], float, "two numbers in [0, 1) such as [0.9, 0.999]")
     values["seeds"] = _seeds(values["seeds"])
     if values["variants"] not in VARIANTS:
-        raise ParameterError("variants", f"{values['variants']!r} is not one of {', '.join(map(repr, VARIANTS))}")
+        raise ParameterError("variants", f"{shown(values['variants'])} is not one of {', '.join(map(repr, VARIANTS))}")
     folder_path("runs_dir", values["runs_dir"])
     optional_path("findings_path", values["findings_path"])
     params = StudyParams(**values)
@@ -170,7 +171,7 @@ def _sequence(name: str, value: Any, kind: type, expected: str) -> tuple:
             isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or isinstance(v, int))
             for v in value):
         return tuple(kind(v) for v in value)
-    raise ParameterError(name, f"must be {expected}, got {value!r}")
+    raise ParameterError(name, f"must be {expected}, got {shown(value)}")
 
 
 def _seeds(value: Any) -> tuple[int, ...]:
@@ -179,7 +180,7 @@ def _seeds(value: Any) -> tuple[int, ...]:
         value = [value]
     seeds = _sequence("seeds", value, int, "one int or a list of distinct ints such as [0, 1, 2]")
     if not seeds or len(set(seeds)) != len(seeds):
-        raise ParameterError("seeds", f"must be one int or a list of distinct ints such as [0, 1, 2], got {value!r}")
+        raise ParameterError("seeds", f"must be one int or a list of distinct ints such as [0, 1, 2], got {shown(value)}")
     return seeds
 
 

@@ -25,7 +25,7 @@ from analysis.frames import PALETTE, setting_columns, variant_of, variants_in, v
 from analysis.hooks.writer import PART_GLOB, SCHEMA, to_frame
 from analysis.outcomes import VALUES, group_records, group_runs, run_values
 from analysis.plots import SEED_BAND, WIDTH, over_seeds
-from analysis.store import STATS_DIR, list_runs, load_runs
+from analysis.store import METRICS_FILE, STATS_DIR, list_runs, load_runs
 
 SUMMARY_VALUES = tuple(VALUES)
 """The values ``summary.json`` gives per configuration (definitions in :data:`analysis.outcomes.VALUES`)."""
@@ -38,9 +38,12 @@ STATUS_COLUMNS = ("run_id", "depth", "variant", "seed", "status", "steps_complet
 
 
 def load_metrics(runs_dir: str | Path) -> pd.DataFrame:
-    """Every run's metrics: tidy ``run_id, step, split, metric, value`` (see :func:`analysis.store.load_runs`)."""
+    """Every run's metrics: tidy ``run_id, step, split, metric, value`` (see :func:`analysis.store.load_runs`);
+    ``attrs["unreadable"]`` names the run folders whose files could not be read, with the reason."""
     df = load_runs(runs_dir)
-    return df[["run_id", "step", "split", "metric", "value"]].reset_index(drop=True)
+    metrics = df[["run_id", "step", "split", "metric", "value"]].reset_index(drop=True)
+    metrics.attrs["unreadable"] = dict(df.attrs["unreadable"])
+    return metrics
 
 
 def read_run_stats(stats_path: str | Path, run_id: str) -> pd.DataFrame:
@@ -61,7 +64,8 @@ def run_table(runs_dir: str | Path) -> pd.DataFrame:
 
     Adds ``variant`` ('residual' or 'plain') to :func:`analysis.store.list_runs`'
     columns, then the values of :data:`analysis.outcomes.VALUES`. Sorted by
-    depth, variant, seed and run id. Unreadable runs keep their row.
+    depth, variant, seed and run id. A run any of whose files cannot be read keeps its row, with
+    status ``unreadable`` and the file and reason in ``error``.
     """
     runs = list_runs(runs_dir)
     for column in ("run_id", "status", "error", "depth", "residual", "seed", "steps", "steps_completed",
@@ -69,9 +73,19 @@ def run_table(runs_dir: str | Path) -> pd.DataFrame:
         if column not in runs.columns:
             runs[column] = pd.Series(dtype=object)
     runs["variant"] = runs["residual"].map(variant_of)
-    stats = [read_run_stats(Path(path) / STATS_DIR, run_id) for run_id, path in zip(runs["run_id"], runs["path"])]
+    metrics = load_metrics(runs_dir)
+    unreadable = {name: f"{METRICS_FILE}: {reason}" for name, reason in metrics.attrs["unreadable"].items()}
+    stats = []
+    for run_id, path in zip(runs["run_id"], runs["path"]):
+        try:
+            stats.append(read_run_stats(Path(path) / STATS_DIR, run_id))
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            unreadable.setdefault(Path(path).name, f"{STATS_DIR}: {type(exc).__name__}: {exc}")
     stats = pd.concat(stats, ignore_index=True) if stats else read_run_stats(Path(runs_dir) / "none", "")
-    values = run_values(runs, load_metrics(runs_dir), stats)
+    values = run_values(runs, metrics, stats)
+    bad = runs["path"].map(lambda path: Path(path).name in unreadable) & (runs["status"] != "unreadable")
+    runs.loc[bad, "status"] = "unreadable"
+    runs.loc[bad, "error"] = runs.loc[bad, "path"].map(lambda path: unreadable[Path(path).name])
     runs = runs.merge(values, on="run_id", how="left")
     for column in ("depth", "seed", "steps", "steps_completed", "diverged_step"):
         runs[column] = pd.to_numeric(runs[column], errors="coerce").astype("Int64")

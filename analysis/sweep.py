@@ -30,6 +30,7 @@ with a ``python3`` kernel) installed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import itertools
 import json
@@ -44,11 +45,13 @@ import uuid
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import pandas as pd
 import yaml
 
+from analysis.checks import shown
+from analysis.locks import FolderBusy, FolderLock, holder
 from analysis.store import atomic_write_json, utc_now
 from analysis.studies import KINDS, StudyKind, kind as study_kind
 
@@ -57,7 +60,8 @@ STUDIES_DIR = "studies"
 STUDY_FILE = "study.json"
 NOTEBOOK_FILE = "depth_study.ipynb"  # the executed notebook of records that name no source notebook
 LOG_FILE = "papermill.log"
-STATUSES = ("pending", "running", "complete", "failed")
+STATUSES = ("pending", "running", "complete", "failed", "cancelled")
+INTERRUPTED = "interrupted"  # shown for a running record whose executor is gone (its folder is not locked)
 VARIANTS = ("residual", "plain", "both")
 SWEEP_PARAMETERS = ("runs_dir", "threads", "findings_path")  # set by the sweep itself, left out of the study id
 FINDINGS_FILE = "findings.json"
@@ -166,26 +170,26 @@ def expand_grid(depths: Iterable[int] | None, variants: Iterable[str] | None = (
 
 
 def parse_values(text: str) -> list[Any]:
-    """``'0.1,0.01'`` -> ``[0.1, 0.01]``: comma-separated YAML scalars (commas inside [] or quotes kept)."""
-    values, nesting, quote, start = [], 0, "", 0
-    for i, char in enumerate(text + ","):
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char in "[{":
-            nesting += 1
-        elif char in "]}":
-            nesting -= 1
-        elif char == "," and nesting == 0:
-            values.append(parse_scalar(text[start:i]))
-            start = i + 1
-    return values
+    """``'0.1,0.01'`` -> ``[0.1, 0.01]``: the text read as the items of one YAML flow sequence.
+
+    Commas inside ``[]``, ``{}`` or quotes stay inside their value (``[10, 20],[30]``
+    is two lists). Anything YAML cannot read (an unclosed quote or bracket) raises
+    a ValueError instead of dropping values.
+    """
+    try:
+        values = yaml.safe_load(f"[{text}]")
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ValueError(f"{shown(text)} is not a comma-separated list of YAML values ({problem})") from None
+    if not isinstance(values, list) or not values:
+        raise ValueError(f"{shown(text)} is not a comma-separated list of YAML values")
+    return [_as_python(value) for value in values]
 
 
-def parse_scalar(text: str) -> Any:
-    """A YAML value, read as Python would: ``1e-3`` (a string to YAML 1.1) is a float, ``None`` is None."""
-    value = yaml.safe_load(text)
+def _as_python(value: Any) -> Any:
+    """A YAML value read as Python would: ``1e-3`` (a string to YAML 1.1) is a float, ``None`` is None."""
+    if isinstance(value, list):
+        return [_as_python(item) for item in value]
     if value == "None":
         return None
     if isinstance(value, str) and EXPONENT_FLOAT.fullmatch(value):
@@ -200,10 +204,13 @@ def parse_settings(items: Iterable[str]) -> dict[str, list[Any]]:
         key, sep, values = item.partition("=")
         key = key.strip()
         if not sep or not key or not values.strip():
-            raise ValueError(f"--set: expected KEY=VALUE[,VALUE...], got {item!r}")
+            raise ValueError(f"--set: expected KEY=VALUE[,VALUE...], got {shown(item)}")
         if key in settings:
             raise ValueError(f"--set: {key} given twice; list its values once, comma-separated")
-        settings[key] = parse_values(values)
+        try:
+            settings[key] = parse_values(values)
+        except ValueError as exc:
+            raise ValueError(f"--set {key}: {exc}") from None
     return settings
 
 
@@ -222,11 +229,12 @@ def study_folder(runs_dir: str | Path, identifier: str) -> Path:
 
 
 def read_study(folder: str | Path) -> dict[str, Any] | None:
-    """The study record in ``folder``, or None when missing or unreadable."""
+    """The study record in ``folder``, or None when missing or unreadable (not a JSON object)."""
     try:
-        return json.loads((Path(folder) / STUDY_FILE).read_text())
+        record = json.loads((Path(folder) / STUDY_FILE).read_text())
     except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) else None
 
 
 def executed_notebook(folder: str | Path, record: Mapping[str, Any] | None) -> Path:
@@ -262,21 +270,48 @@ def execute_point(point: Point, *, runs_dir: str | Path, notebook: str | Path | 
                   worker: str | None = None, cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Execute one point with papermill in a subprocess; write and return its study record.
 
-    ``notebook=None`` executes the point's kind's notebook. The executed
-    notebook goes to a temporary name in the study folder and is renamed to
-    the source notebook's name when papermill returns, whatever the outcome. ``cancelled`` is polled while papermill runs; when it returns True
-    the process group (papermill and its kernel) is stopped.
+    The point's folder is locked for the whole execution (:mod:`analysis.locks`):
+    a point that another sweep is executing is waited for, then taken as that
+    sweep left it when complete (the returned record has ``skipped``), else run.
+    ``notebook=None`` executes the point's kind's notebook. The executed notebook
+    goes to a temporary name in the study folder and is renamed to the source
+    notebook's name when papermill returns. ``cancelled`` is polled while waiting
+    and while papermill runs; when it returns True, papermill and its kernel are
+    stopped, the temporary notebook removed and the point recorded ``cancelled``.
     """
     runs_dir = Path(runs_dir)
     chosen = study_kind(point.kind)
     notebook = Path(notebook or chosen.notebook)
     folder = study_folder(runs_dir, point.study_id)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = FolderLock(folder, cancelled=cancelled).acquire()
+    except FolderBusy as busy:
+        return {**(read_study(folder) or {}), "study_id": point.study_id, "status": "cancelled",
+                "error": f"cancelled while waiting for {busy.holder}"}
+    try:
+        if is_complete(folder):
+            return {**read_study(folder), "skipped": True}
+        return _execute_locked(point, chosen, folder, lock, runs_dir=runs_dir, notebook=notebook, threads=threads,
+                               kernel=kernel, cell_timeout=cell_timeout, worker=worker, cancelled=cancelled)
+    finally:
+        lock.release()
+
+
+def _execute_locked(point: Point, chosen: StudyKind, folder: Path, lock: FolderLock, *, runs_dir: Path,
+                    notebook: Path, threads: int, kernel: str, cell_timeout: int | None, worker: str | None,
+                    cancelled: Callable[[], bool] | None) -> dict[str, Any]:
+    """:func:`execute_point` once the point's folder is locked.
+
+    papermill inherits the lock, so the folder stays locked for as long as
+    papermill lives, and it dies with the thread that started it (Linux's
+    parent-death signal); its kernel exits when papermill does.
+    """
     final = folder / notebook.name
     final.unlink(missing_ok=True)
     partial = folder / f".{uuid.uuid4().hex}.{notebook.name}"
     parameters = {**point.parameters, **_sweep_values(chosen, runs_dir, threads, folder)}
-    command = [sys.executable, "-m", "papermill", str(notebook), str(partial),
+    command = [sys.executable, "-c", DIE_WITH_PARENT, str(os.getpid()),
+               sys.executable, "-m", "papermill", str(notebook), str(partial),
                "-y", yaml.safe_dump(parameters), "-k", kernel, "--cwd", str(REPO_ROOT),
                "--no-progress-bar", "--no-log-output"]
     if cell_timeout:
@@ -286,26 +321,52 @@ def execute_point(point: Point, *, runs_dir: str | Path, notebook: str | Path | 
     record = {"study_id": point.study_id, "parameters": parameters, "status": "running", "error": None,
               "run_ids": chosen.run_ids(parameters), "start_time": utc_now(), "end_time": None,
               "worker": worker, "source_notebook": str(notebook), "kind": point.kind}
-    with open(folder / LOG_FILE, "wb") as log:
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   env=env, start_new_session=True)
-        try:
-            record["worker"] = worker or f"{socket.gethostname()}/{process.pid}"
+    interrupted = False
+    try:
+        with open(folder / LOG_FILE, "wb") as log:
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                       env=env, start_new_session=True, pass_fds=(lock.fd,))
+            try:
+                record["worker"] = worker or f"{socket.gethostname()}/{process.pid}"
+                atomic_write_json(folder / STUDY_FILE, record)
+                interrupted = _wait(process, cancelled)
+            except BaseException:
+                interrupted = True
+                raise
+            finally:
+                _stop(process)
+    finally:
+        if interrupted:
+            partial.unlink(missing_ok=True)
+            record.update(status="cancelled", error="cancelled before it finished", end_time=utc_now())
             atomic_write_json(folder / STUDY_FILE, record)
-            interrupted = _wait(process, cancelled)
-        finally:
-            _stop(process)
+    if interrupted:
+        return record
     if partial.exists():
         os.replace(partial, final)
     if process.returncode == 0 and final.exists():
         status, error = "complete", None
     else:
         log_text = (folder / LOG_FILE).read_text(errors="replace")
-        status = "failed"
-        error = "interrupted" if interrupted else failure_reason(process.returncode, log_text, final, cell_timeout)
+        status, error = "failed", failure_reason(process.returncode, log_text, final, cell_timeout)
     record.update(status=status, error=error, end_time=utc_now())
     atomic_write_json(folder / STUDY_FILE, record)
     return record
+
+
+DIE_WITH_PARENT = """\
+import ctypes, os, signal, sys
+parent = int(sys.argv[1])
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+except (AttributeError, OSError):
+    pass  # not Linux: the sweep's signal handlers still stop its points
+if os.getppid() != parent:
+    sys.exit(1)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+"""Run as ``python -c`` before papermill: papermill is killed when the sweep thread that started it
+exits, even by SIGKILL (the exec keeps the parent-death signal)."""
 
 
 def _sweep_values(chosen: StudyKind, runs_dir: Path, threads: int, folder: Path) -> dict[str, Any]:
@@ -326,19 +387,55 @@ def _wait(process: subprocess.Popen, cancelled: Callable[[], bool] | None) -> bo
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """End the process group (papermill and its kernel) unless it already exited."""
+    """End papermill and every process it started (its kernel runs in a session of its own)."""
     if process.poll() is not None:
         return
+    groups = [process.pid, *(_process_group(pid) for pid in _descendants(process.pid))]
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
+        for group in dict.fromkeys(group for group in groups if group):
+            try:
+                os.killpg(group, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
         try:
             process.wait(timeout=KILL_GRACE_SECONDS)
-            return
+            if not any(_alive(group) for group in groups[1:] if group):
+                return
         except subprocess.TimeoutExpired:
             continue
+    process.wait()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc; none where there is no /proc)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(entry.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def _process_group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
 
 
 def failure_reason(returncode: int | None, log_text: str, notebook: Path, cell_timeout: int | None) -> str:
@@ -406,14 +503,16 @@ def run_sweep(points: Sequence[Point], *, runs_dir: str | Path = "runs", noteboo
     :func:`expand_grid` for validation).
     """
     if workers is not None and (not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"workers: must be an integer >= 1, got {workers!r}")
+        raise ValueError(f"workers: must be an integer >= 1, got {shown(workers)}")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads: must be an integer >= 1, got {threads!r}")
+        raise ValueError(f"threads: must be an integer >= 1, got {shown(threads)}")
     if cell_timeout is not None and cell_timeout < 0:
-        raise ValueError(f"cell_timeout: must be seconds >= 0 (0 or None: no limit), got {cell_timeout!r}")
+        raise ValueError(f"cell_timeout: must be seconds >= 0 (0 or None: no limit), got {shown(cell_timeout)}")
     if scheduler is not None and workers is not None:
         raise ValueError("workers: not used with scheduler (the cluster's workers run the points)")
     runs_dir = Path(runs_dir).resolve()
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise ValueError(f"runs_dir: {runs_dir} is a file, not a folder")
     if notebook is not None:
         notebook = Path(notebook).resolve()
         if not notebook.is_file():
@@ -423,32 +522,91 @@ def run_sweep(points: Sequence[Point], *, runs_dir: str | Path = "runs", noteboo
     options = dict(runs_dir=runs_dir, notebook=notebook, kernel=kernel, cell_timeout=cell_timeout)
     bar = Progress(len(unique), done=len(unique) - len(todo), enabled=progress)
     try:
-        if not todo:
-            outcomes = {}
-        elif scheduler is None:
-            workers = workers or default_workers(len(todo))
-            threads = threads or max(1, available_cores() // workers)
-            outcomes = _run_local(todo, workers=workers, threads=threads, report=bar, **options)
-        else:
-            outcomes = _run_dask(todo, scheduler=scheduler, threads=threads, report=bar, **options)
+        with cancel_on_signals():
+            outcomes = _run(todo, scheduler=scheduler, workers=workers, threads=threads, report=bar, **options)
     finally:
         bar.close()
     rows = []
     for point in points:
         folder = study_folder(runs_dir, point.study_id)
         record = outcomes.get(point.study_id) or read_study(folder)
-        rows.append({**study_row(record, folder), "skipped": point.study_id not in outcomes})
+        skipped = point.study_id not in outcomes or bool(outcomes[point.study_id].get("skipped"))
+        rows.append({**study_row(record, folder), "skipped": skipped})
     return pd.DataFrame(rows)
 
 
+def _run(todo: Sequence[Point], *, scheduler: str | None, workers: int | None, threads: int | None,
+         report: Callable[[int, int, int], None], **options: Any) -> dict[str, dict]:
+    """The points on local workers or on the Dask scheduler; their records by study id."""
+    if not todo:
+        return {}
+    if scheduler is None:
+        workers = workers or default_workers(len(todo))
+        threads = threads or max(1, available_cores() // workers)
+        return _run_local(todo, workers=workers, threads=threads, report=report, **options)
+    return _run_dask(todo, scheduler=scheduler, threads=threads, report=report, **options)
+
+
 def _mark_pending(points: Sequence[Point], runs_dir: Path, notebook: Path | None) -> None:
-    """Write a ``pending`` record for each point about to be queued."""
+    """Write a ``pending`` record for each point about to be queued (not for one another sweep is executing)."""
     for point in points:
-        atomic_write_json(study_folder(runs_dir, point.study_id) / STUDY_FILE,
-                          {"study_id": point.study_id, "parameters": point.parameters, "status": "pending",
-                           "error": None, "run_ids": [], "start_time": None, "end_time": None, "worker": None,
-                           "source_notebook": str(notebook or study_kind(point.kind).notebook),
-                           "kind": point.kind})
+        folder = study_folder(runs_dir, point.study_id)
+        if holder(folder) is None:
+            atomic_write_json(folder / STUDY_FILE,
+                              {"study_id": point.study_id, "parameters": point.parameters, "status": "pending",
+                               "error": None, "run_ids": [], "start_time": None, "end_time": None, "worker": None,
+                               "source_notebook": str(notebook or study_kind(point.kind).notebook),
+                               "kind": point.kind})
+
+
+def _mark_cancelled(points: Iterable[Point], runs_dir: Path) -> dict[str, dict]:
+    """Record queued points that a cancelled sweep never started as ``cancelled``."""
+    outcomes = {}
+    for point in points:
+        folder = study_folder(runs_dir, point.study_id)
+        record = read_study(folder)
+        if record is not None and record.get("status") == "pending" and holder(folder) is None:
+            record.update(status="cancelled", error="cancelled before it started", end_time=utc_now())
+            atomic_write_json(folder / STUDY_FILE, record)
+            outcomes[point.study_id] = record
+    return outcomes
+
+
+class SweepCancelled(Exception):
+    """The sweep received SIGINT, SIGTERM or SIGHUP; its points were stopped and recorded ``cancelled``."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"cancelled by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+CANCEL_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def cancel_on_signals() -> Iterator[None]:
+    """Turn the first SIGINT, SIGTERM or SIGHUP into :class:`SweepCancelled` in the main thread.
+
+    The sweep then stops its points and records them before it exits; later
+    signals are ignored while it does (SIGKILL still ends it at once, and its
+    papermill processes with it). Outside the main thread nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def cancel(signum: int, frame: Any) -> None:
+        if not received:
+            received.append(signum)
+            raise SweepCancelled(signum)
+
+    previous = {sig: signal.signal(sig, cancel) for sig in CANCEL_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _run_local(points: Sequence[Point], *, workers: int, report: Callable[[int, int, int], None],
@@ -472,25 +630,33 @@ def _run_local(points: Sequence[Point], *, workers: int, report: Callable[[int, 
             report(len(outcomes), sum(future.running() for future in pending), failed)
     except BaseException:
         stop.set()
-        raise
-    finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        _mark_cancelled(points, options["runs_dir"])
+        raise
+    pool.shutdown(wait=True)
     return outcomes
 
 
-def _execute_on_dask_worker(point: Point, *, threads: int | None, **options: Any) -> dict[str, Any]:
-    """A Dask task: run the point on this worker with its share of the host's cores."""
-    from distributed import get_worker
+def _execute_on_dask_worker(point: Point, *, threads: int | None, cancel_event: str,
+                            **options: Any) -> dict[str, Any]:
+    """A Dask task: run the point on this worker with its share of the host's cores, until the sweep's
+    cancel event is set."""
+    from distributed import Event, get_worker
 
     worker = get_worker()
     threads = threads or max(1, available_cores() // worker.state.nthreads)
-    return execute_point(point, threads=threads, worker=worker.address, **options)
+    event = Event(cancel_event)
+    return execute_point(point, threads=threads, worker=worker.address, cancelled=event.is_set, **options)
 
 
 def _run_dask(points: Sequence[Point], *, scheduler: str, threads: int | None,
               report: Callable[[int, int, int], None], **options: Any) -> dict[str, dict]:
-    """Points as tasks on an existing Dask cluster; the study records are written by the workers."""
-    from distributed import Client, as_completed
+    """Points as tasks on an existing Dask cluster; the study records are written by the workers.
+
+    Cancelling the sweep sets a Dask event that the running points poll: they stop
+    their papermill processes and record ``cancelled``; queued tasks are dropped.
+    """
+    from distributed import Client, Event, as_completed, wait as wait_all
 
     outcomes: dict[str, dict] = {}
     try:
@@ -499,8 +665,9 @@ def _run_dask(points: Sequence[Point], *, scheduler: str, threads: int | None,
         raise ConnectionError(f"scheduler: cannot reach {scheduler}: {exc}") from None
     with client:
         _mark_pending(points, options["runs_dir"], options["notebook"])
-        futures = {client.submit(_execute_on_dask_worker, point, threads=threads, pure=False, **options): point
-                   for point in points}
+        cancel_event = f"analysis-sweep-{uuid.uuid4().hex}"
+        futures = {client.submit(_execute_on_dask_worker, point, threads=threads, cancel_event=cancel_event,
+                                 pure=False, **options): point for point in points}
         slots = max(1, sum(client.nthreads().values()))
         report(0, min(slots, len(points)), 0)
         try:
@@ -513,7 +680,11 @@ def _run_dask(points: Sequence[Point], *, scheduler: str, threads: int | None,
                 failed = sum(record["status"] == "failed" for record in outcomes.values())
                 report(len(outcomes), min(slots, len(points) - len(outcomes)), failed)
         except BaseException:
+            Event(cancel_event, client=client).set()
+            running = [future for future in futures if future.status == "pending"]
+            wait_all(running, timeout=KILL_GRACE_SECONDS * 4)
             client.cancel(list(futures))
+            _mark_cancelled(points, options["runs_dir"])
             raise
     return outcomes
 
@@ -535,11 +706,14 @@ def study_row(record: Mapping[str, Any] | None, folder: Path) -> dict[str, Any]:
                 "status": "unreadable", "error": f"no readable {STUDY_FILE} in {folder}", "run_ids": []}
     parameters = dict(record.get("parameters") or {})
     notebook = executed_notebook(folder, record)
+    status, error = record.get("status"), record.get("error")
+    if status == "running" and holder(folder) is None:
+        status, error = INTERRUPTED, "its sweep stopped before it finished (nothing holds the study's lock)"
     return {
         "study_id": record.get("study_id", folder.name),
         "kind": record.get("kind", "depth"),
-        "status": record.get("status"),
-        "error": record.get("error"),
+        "status": status,
+        "error": error,
         "depth": parameters.pop("depth", None),
         "variants": parameters.pop("variants", None),
         **{key: tuple(value) if isinstance(value, list) else value for key, value in parameters.items()},
@@ -597,17 +771,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The command: exit status 0 if every point completed, 1 if any failed, 2 on bad input or no scheduler."""
-    try:
-        points = expand_grid(args.depths, args.variants, with_seeds(parse_settings(args.settings), args.seeds),
-                             kind=args.study)
-        results = run_sweep(points, runs_dir=args.runs_dir, notebook=args.notebook, workers=args.workers,
-                            scheduler=args.scheduler, threads=args.threads, kernel=args.kernel,
-                            cell_timeout=args.cell_timeout)
-    except (ValueError, ConnectionError) as exc:
-        print(f"sweep: error: {exc}", file=sys.stderr)
-        return 2
+    """The command: exit status 0 if every point completed, 1 if any did not (bad input: see ``__main__``)."""
+    points = expand_grid(args.depths, args.variants, with_seeds(parse_settings(args.settings), args.seeds),
+                         kind=args.study)
+    results = run_sweep(points, runs_dir=args.runs_dir, notebook=args.notebook, workers=args.workers,
+                        scheduler=args.scheduler, threads=args.threads, kernel=args.kernel,
+                        cell_timeout=args.cell_timeout)
     print(summary_line(results, args.runs_dir))
     for row in results[results["status"] != "complete"].itertuples():
-        print(f"failed {row.study_id}: {row.error}", file=sys.stderr)
+        print(f"{row.status} {row.study_id}: {row.error}", file=sys.stderr)
     return 0 if (results["status"] == "complete").all() else 1

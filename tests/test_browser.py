@@ -70,3 +70,28 @@ def test_index_links_open(browser, reports):
     page.wait_for_load_state("load")
     assert page.url.endswith(f"/studies/{study_id}.html") and page.title() == study_id
     page.close()
+
+
+def test_a_tampered_notebook_runs_no_script(browser, tmp_path):
+    """Scripts, handlers, javascript: links and JavaScript outputs of a foreign notebook stay inert in the page."""
+    import nbformat
+
+    from tests.tampered import tampered_notebook
+
+    notebook = tmp_path / "tampered.ipynb"
+    nbformat.write(tampered_notebook(), notebook)
+    index = report.build_reports(None, tmp_path / "out", studies=[notebook])
+    page = browser.new_page()
+    requests, dialogs = [], []
+    page.on("request", lambda request: request.url.startswith("data:") or requests.append(request.url))
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    for path in (index, tmp_path / "out" / "studies" / "tampered.html"):
+        page.goto(path.as_uri(), wait_until="load")
+        page.evaluate("""for (const element of document.querySelectorAll('body *'))
+                             for (const type of ['mouseover', 'click', 'error', 'load'])
+                               element.dispatchEvent(new Event(type))""")
+        assert page.evaluate("typeof window.pwned") == "undefined"
+        assert page.evaluate("document.scripts.length") == 0
+    page.close()
+    assert dialogs == []
+    assert requests == [index.as_uri(), (tmp_path / "out" / "studies" / "tampered.html").as_uri()]

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -107,6 +108,27 @@ def test_bad_depths_and_variants():
             sweep.parse_settings(bad)
 
 
+@pytest.mark.parametrize("item, message", [
+    ("optimizer=sgd,'adam", "--set optimizer: \"sgd,'adam\" is not a comma-separated list of YAML values"),
+    ("lr=0.1,[", "--set lr: '0.1,[' is not a comma-separated list of YAML values"),
+    ("lr=[1", "--set lr: '[1' is not a comma-separated list of YAML values"),
+    ("lr=0.1]: [2", "--set lr: '0.1]: [2' is not a comma-separated list of YAML values"),
+])
+def test_malformed_set_values_are_an_error_not_dropped(item, message):
+    with pytest.raises(ValueError) as error:
+        sweep.parse_settings([item])
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_long_values_are_cut_in_messages():
+    with pytest.raises(ValueError) as error:
+        sweep.parse_settings(["lr=[" + "1" * 100_000])
+    assert len(str(error.value)) < 300 and "(100003 characters)" in str(error.value)
+    with pytest.raises(ValueError) as error:
+        sweep.expand_grid([8], ["residual"], {"optimizer": ["x" * 100_000]})
+    assert len(str(error.value)) < 300
+
+
 def test_list_studies_of_nothing(tmp_path):
     studies = sweep.list_studies(tmp_path)
     assert studies.empty
@@ -131,7 +153,7 @@ def test_failure_is_recorded_and_rerun_retries_only_it(tmp_path, capsys):
         assert (run["threads"], run["omp"], run["cwd"]) == (threads, str(threads), str(sweep.REPO_ROOT))
     for point, status in ((ok, "complete"), (bad, "failed")):
         folder = sweep.study_folder(tmp_path, point.study_id)
-        assert sorted(p.name for p in folder.iterdir()) == ["papermill.log", "study.json", FIXTURE.name]
+        assert sorted(p.name for p in folder.iterdir()) == [".lock", "papermill.log", "study.json", FIXTURE.name]
         stored = record(tmp_path, point)
         assert stored["status"] == status and stored["kind"] == "depth"
         assert stored["parameters"] == {**point.parameters, "runs_dir": str(tmp_path), "threads": threads,
@@ -325,3 +347,89 @@ def test_other_study_kinds_expand_with_their_own_parameters():
     from analysis.studies import KINDS
 
     assert "runs_dir" not in KINDS["init"].parameters and "findings_path" in KINDS["init"].parameters
+
+
+# ---------------------------------------------------------------------------- cancellation and concurrency
+
+
+SWEEP_SCRIPT = """
+import sys
+from analysis import sweep
+points = [sweep.Point(depth=8, variants="both", settings={"behaviour": b}) for b in sys.argv[3:]]
+try:
+    sweep.run_sweep(points, runs_dir=sys.argv[1], notebook=sys.argv[2], workers=len(points))
+except sweep.SweepCancelled as exc:  # as `python -m analysis sweep` reports it
+    print(exc, file=sys.stderr)
+    sys.exit(128 + exc.signum)
+"""
+
+
+def start_sweep(runs_dir: Path, *behaviours: str) -> subprocess.Popen:
+    """A sweep of probe points (one per behaviour, run in parallel) in a process of its own."""
+    return subprocess.Popen([sys.executable, "-c", SWEEP_SCRIPT, str(runs_dir), str(FIXTURE), *behaviours],
+                            cwd=sweep.REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def wait_for(condition, timeout: float = 120.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_stopped_sweep_leaves_no_process_and_a_rerun_completes_only_what_is_missing(tmp_path, sig):
+    process = start_sweep(tmp_path, "ok", "wait")
+    started = wait_for(lambda: {run["behaviour"]: run for run in executions(tmp_path)}.keys() >= {"ok", "wait"}
+                       and sweep.is_complete(sweep.study_folder(tmp_path, probe("ok").study_id)),
+                       what="both points to start and 'ok' to complete")
+    assert started
+    children = sweep._descendants(process.pid)
+    kernel = next(run["pid"] for run in executions(tmp_path) if run["behaviour"] == "wait")
+    assert kernel in children
+    os.kill(process.pid, sig)
+    process.wait(timeout=60)
+    assert process.returncode == -sig if sig == signal.SIGKILL else process.returncode == 128 + sig
+    wait_for(lambda: not any(alive(pid) for pid in children), timeout=30, what="the sweep's processes to end")
+
+    waiting = sweep.study_folder(tmp_path, probe("wait").study_id)
+    row = sweep.list_studies(tmp_path).set_index("study_id").loc[probe("wait").study_id]
+    if sig == signal.SIGKILL:  # nothing ran after the kill: the record still says running, readers see why not
+        assert record(tmp_path, probe("wait"))["status"] == "running"
+        assert row["status"] == "interrupted" and "stopped before it finished" in row["error"]
+    else:
+        assert "cancelled by SIGTERM" in process.stderr.read()
+        assert row["status"] == "cancelled" and record(tmp_path, probe("wait"))["status"] == "cancelled"
+        assert not [path.name for path in waiting.iterdir() if path.name.endswith(".ipynb")]  # no temporary notebook
+
+    (tmp_path / "release").touch()
+    again = sweep.run_sweep([probe("ok"), probe("wait")], runs_dir=tmp_path, notebook=FIXTURE, workers=2)
+    assert list(again["status"]) == ["complete", "complete"] and list(again["skipped"]) == [True, False]
+    behaviours = [run["behaviour"] for run in executions(tmp_path)]
+    assert behaviours.count("ok") == 1 and behaviours.count("wait") == 2
+
+
+def test_concurrent_identical_sweeps_execute_each_point_once(tmp_path):
+    first = start_sweep(tmp_path, "ok", "wait")
+    wait_for(lambda: {run["behaviour"] for run in executions(tmp_path)} >= {"ok", "wait"}, what="the first sweep")
+    second = start_sweep(tmp_path, "ok", "wait")
+    # The second sweep skips the completed point and its worker thread waits for the lock on the other.
+    wait_for(lambda: len(os.listdir(f"/proc/{second.pid}/task")) >= 2, what="the second sweep's worker")
+    (tmp_path / "release").touch()
+    for process in (first, second):
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+    assert sorted(run["behaviour"] for run in executions(tmp_path)) == ["ok", "wait"]
+    assert [record(tmp_path, probe(b))["status"] for b in ("ok", "wait")] == ["complete", "complete"]
