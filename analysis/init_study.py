@@ -34,7 +34,6 @@ import dataclasses
 import itertools
 import math
 import numbers
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -48,6 +47,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 from torch import nn
 
+from analysis import memory
 from analysis.checks import shown
 from analysis.data import load_data
 from analysis.gradient_flow import direction, first_to_last, fit_growth
@@ -67,10 +67,6 @@ BLOCK_OUTPUT = "block output (plain: no residual stream)"
 DATA_SEED = 0
 """Seed of the synthetic data set; the study's seeds choose the batch and the initialisation."""
 
-ACTIVATION_FACTOR = 1.5
-"""Estimated memory of one pass = this x the bytes of every leaf module's output (see :func:`estimate_memory`).
-Measured on CPU (peak resident memory during forward and backward, depths 110 and 218, batch 32,
-width 8): about 1.0 x; the rest is margin."""
 MEMORY_FRACTION = 0.5
 """Without an explicit limit, a depth may use at most this share of the currently available memory."""
 
@@ -177,68 +173,20 @@ def _int_list(name: str, value: Any, *, minimum: int, single: bool = False) -> l
 
 # -- memory ----------------------------------------------------------------------
 
-def estimate_memory(depth: int, *, batch_size: int, width: int, image_size: int, norm: str = "batch",
-                    residual: bool = True) -> int:
-    """Estimated bytes of one forward and backward pass at a CIFAR-family ``depth``: :data:`ACTIVATION_FACTOR`
-    x the bytes (float32) of every leaf module's output.
-
-    Output elements are counted on real depth-8 and depth-14 networks on a batch
-    of 2 and extrapolated: every block of a stage has the same shapes, so the
-    count is linear in the blocks per stage and in the batch size.
-    """
-    small, larger = (_output_elements(d, width=width, image_size=image_size, norm=norm, residual=residual)
-                     for d in (8, 14))
-    blocks_per_stage = (depth - 2) // 6
-    elements = (small + (blocks_per_stage - 1) * (larger - small)) * batch_size / 2
-    return int(ACTIVATION_FACTOR * 4 * elements)
-
-
-def _output_elements(depth: int, *, width: int, image_size: int, norm: str, residual: bool) -> int:
-    """Elements of every leaf module's output (identities left out) in one forward pass, batch 2."""
-    model = build_model(depth, residual=residual, norm=norm, width=width)
-    counts: list[int] = []
-    handles = [m.register_forward_hook(lambda _m, _i, out: counts.append(out.numel()))
-               for m in model.modules() if not any(m.children()) and not isinstance(m, nn.Identity)]
-    with torch.no_grad():
-        model(torch.zeros(2, 3, image_size, image_size))
-    for handle in handles:
-        handle.remove()
-    return sum(counts)
-
-
-def available_memory() -> int:
-    """Bytes of memory available now (``MemAvailable`` on Linux, else free physical pages)."""
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-
-
 def memory_check(depth: int, *, batch_size: int, width: int, image_size: int,
                  memory_limit: int | None = None) -> str | None:
     """None if the largest network of ``depth`` (residual, batch norm) fits, else why the depth is skipped.
 
-    ``memory_limit``: bytes allowed; None means :data:`MEMORY_FRACTION` of :func:`available_memory`.
+    ``memory_limit``: bytes allowed; None means :data:`MEMORY_FRACTION` of the available memory.
     """
-    need = estimate_memory(depth, batch_size=batch_size, width=width, image_size=image_size)
-    limit = memory_limit if memory_limit is not None else int(MEMORY_FRACTION * available_memory())
+    need = memory.activation_bytes(memory.Network(depth, width=width), batch_size=batch_size, image_size=image_size)
+    limit = memory_limit if memory_limit is not None else int(MEMORY_FRACTION * memory.available_memory())
     if need <= limit:
         return None
     source = "the given limit" if memory_limit is not None else f"{MEMORY_FRACTION:.0%} of the available memory"
-    return (f"depth {depth} skipped: one forward and backward pass needs about {_bytes(need)} "
-            f"(batch {batch_size}, width {width}, {image_size}x{image_size}), more than {_bytes(limit)} ({source})")
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.3g} {unit}"
-        n /= 1000
-    return f"{n:.3g} TB"
+    return (f"depth {depth} skipped: one forward and backward pass needs about {memory.readable(need)} "
+            f"(batch {batch_size}, width {width}, {image_size}x{image_size}), more than {memory.readable(limit)} "
+            f"({source})")
 
 
 # -- measuring -------------------------------------------------------------------

@@ -21,6 +21,7 @@ import pandas as pd
 
 from analysis.checks import shown
 from analysis.config import ConfigError, TrainConfig, config_fields
+from analysis.memory import check_training_memory
 from analysis.parameters import ParameterError, defaults, folder_path, optional_path, read_parameters
 from analysis.frames import ACTIVATION_STD, NORM_TYPES, layer_rows, setting_columns, variant_of, variants_in
 from analysis.store import RunDir
@@ -156,6 +157,22 @@ def validate_parameters(namespace: Mapping[str, Any]) -> StudyParams:
         name = _FIELD_TO_PARAMETER.get(exc.field, exc.field)
         raise ParameterError(name, str(exc).removeprefix(f"{exc.field}: ")) from None
     return params
+
+
+def check_memory(params: StudyParams) -> None:
+    """Refuse, before anything is built, a study whose networks cannot train in the memory available here.
+
+    Separate from :func:`validate_parameters`, which checks values wherever they
+    are given (a sweep validates its points on the machine it starts from): this
+    runs where the networks train. Raises a one-line ParameterError naming ``depth``
+    with the estimate and the limit (:func:`analysis.memory.check_training_memory`).
+    """
+    configs = configs_for(params)
+    try:
+        for variant in params.variant_names:  # the seeds of a variant share its shapes
+            check_training_memory(next(c for c in configs if c.residual == (variant == "residual")))
+    except ConfigError as exc:
+        raise ParameterError(exc.field, str(exc).removeprefix(f"{exc.field}: ")) from None
 
 
 def _sequence(name: str, value: Any, kind: type, expected: str) -> tuple:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from analysis import init_study
+from analysis import init_study, memory
 from analysis.gradient_flow import direction, first_to_last, fit_growth
 from analysis.models import BasicBlock, ResNet, build_model
 from analysis.parameters import ParameterError
@@ -169,7 +169,8 @@ def test_init_numbers_average_over_seeds_and_depths_and_write_non_finite_as_none
 # -- running -------------------------------------------------------------------
 
 def test_too_deep_a_network_for_the_memory_limit_is_skipped_with_the_reason():
-    limit = init_study.estimate_memory(8, **TINY) + 1
+    limit = memory.activation_bytes(memory.Network(8, width=TINY["width"]), batch_size=TINY["batch_size"],
+                                    image_size=TINY["image_size"]) + 1
     study = init_study.run_init_study([8, 1202], ["residual"], ["batch"], [0], memory_limit=limit, **TINY)
     assert list(study.skipped) == [1202]
     assert study.skipped[1202].startswith("depth 1202 skipped: one forward and backward pass needs about")
@@ -178,13 +179,6 @@ def test_too_deep_a_network_for_the_memory_limit_is_skipped_with_the_reason():
     sentences = init_study.init_sentences(init_study.init_summary(study.profiles, study.networks), study.stream,
                                           skipped=study.skipped)
     assert sentences[-1] == study.skipped[1202] + "."
-
-
-def test_memory_estimate_extrapolates_the_counted_outputs_exactly():
-    counted = init_study._output_elements(20, width=2, image_size=8, norm="batch", residual=True)
-    expected = int(init_study.ACTIVATION_FACTOR * 4 * counted * TINY["batch_size"] / 2)
-    assert init_study.estimate_memory(20, **TINY) == expected
-    assert init_study.memory_check(8, **TINY, memory_limit=10 ** 12) is None
 
 
 def test_networks_of_a_seed_share_the_batch_and_the_run_is_deterministic():

@@ -256,8 +256,11 @@ def test_bad_input(tmp_path):
         report.build_reports(tmp_path / "missing", tmp_path)
     parser = argparse.ArgumentParser()
     report.add_arguments(parser)
-    with pytest.raises(SystemExit, match="paths"):
+    with pytest.raises(ValueError, match="paths"):
         report.run(parser.parse_args([str(tmp_path / "missing"), "--out", str(tmp_path / "out")]))
+    (tmp_path / "file").touch()
+    with pytest.raises(ValueError, match="out: .* exists and is not a folder"):
+        report.build_reports(tmp_path, tmp_path / "file")
 
 
 def test_format_number():
@@ -273,3 +276,41 @@ def test_summary_failure_is_shown_in_the_index(runs_dir, tmp_path):
     assert "<img" not in (tmp_path / "summary.html").read_text()
     assert "Summary failed:" in page.get_text() and "no-such-kernel" in page.find("pre", class_="error").get_text()
     assert not [path for path in tmp_path.rglob(".*")]
+
+
+def test_unreadable_files_are_listed_and_the_rest_still_builds(tmp_path):
+    """A zero-byte stats part, a config.json holding [] or null, a truncated metrics file and a study record
+    holding [] each mark their run or study unreadable; the other run and the whole index still build."""
+    root = tmp_path / "runs"
+    configs = {name: TrainConfig(depth=depth, residual=residual, seed=seed, **TINY) for name, (depth, residual, seed) in
+               {"good": (8, True, 0), "empty_part": (8, False, 0), "list_config": (8, True, 1),
+                "null_config": (8, False, 1), "truncated_metrics": (14, False, 0)}.items()}
+    paths = {name: train(config, root=root, progress=False).path for name, config in configs.items()}
+    (paths["empty_part"] / "stats.parquet" / "part-00000000000000000000-zero-000000.parquet").write_bytes(b"")
+    (paths["list_config"] / "config.json").write_text("[]")
+    (paths["null_config"] / "config.json").write_text("null")
+    metrics = (paths["truncated_metrics"] / "metrics.parquet").read_bytes()
+    (paths["truncated_metrics"] / "metrics.parquet").write_bytes(metrics[: len(metrics) // 2])
+    broken_study = root / "studies" / "d8-both-tampered"
+    broken_study.mkdir(parents=True)
+    (broken_study / "study.json").write_text("[]")
+
+    index = report.build_reports(root, tmp_path / "out")
+    page = soup(index)
+    expected = {"empty_part": "stats.parquet: ArrowInvalid", "list_config": "ValueError: config.json does not hold",
+                "null_config": "ValueError: config.json does not hold",
+                "truncated_metrics": "metrics.parquet: ArrowInvalid"}
+    for name, reason in expected.items():
+        row = page.find(id=f"run-{paths[name].name}")
+        assert row.find(class_="status").get_text() == "unreadable", name
+        assert row.find("pre").get_text().startswith(reason), (name, row.find("pre").get_text())
+        assert "bad" in row["class"]
+    good = page.find(id=f"run-{paths['good'].name}")
+    assert good.find(class_="status").get_text() == "complete" and good.find("pre") is None
+    study = page.find(id="study-d8-both-tampered")
+    assert study.find(class_="status").get_text() == "unreadable"
+    assert "no readable study.json" in study.find("pre").get_text()
+    # Only the readable run is summarised; the summary notebook ran over the same folder.
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [(group["n_seeds"], group["seeds"]) for group in summary["groups"]] == [(1, [0])]
+    assert (tmp_path / "out" / "summary.html").exists()
