@@ -4,15 +4,20 @@ A run lives in ``<root>/<run_id>/``:
 
 - ``config.json``: the run record: ``run_id``, ``config`` (every TrainConfig
   field), ``status`` (``running|complete|failed|diverged``), ``error``,
-  ``diverged_step``, ``steps_completed``, ``device``, ``model`` (summary),
-  ``versions`` (python, torch, torchvision), ``git_commit``, ``start_time``
-  and ``end_time`` (ISO 8601, UTC).
+  ``diverged_step``, ``steps_completed``, ``device``, ``world_size``, ``model``
+  (summary), ``versions`` (python, torch, torchvision), ``git_commit``,
+  ``start_time`` and ``end_time`` (ISO 8601, UTC).
 - ``metrics.parquet``: tidy long metrics with columns ``step, split, metric, value``.
 - ``stats.parquet/``: per-layer hook statistics (a folder of Parquet parts).
+- ``.lock``: the lock a trainer holds for the whole run (:mod:`analysis.locks`).
 
-Every file is written to a temporary file in the same folder and renamed into
-place, so a run killed at any moment leaves no truncated file; its status then
-stays ``running``.
+Every file is written to a temporary file in the same folder, fsync'd and
+renamed into place (and the folder fsync'd), so a run killed at any moment
+leaves no truncated file. A killed run's stored status stays ``running``; as
+nobody holds its lock any more, readers (:meth:`RunDir.status`,
+:func:`list_runs`, :func:`load_runs`) see it as ``interrupted``, with an error
+saying it stopped without finishing. ``interrupted`` is never written to a
+record: a trainer that takes the run over starts it afresh.
 """
 from __future__ import annotations
 
@@ -28,7 +33,14 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.locks import FolderLock, holder
+
 STATUSES = ("running", "complete", "failed", "diverged")
+"""The statuses a run record stores."""
+INTERRUPTED = "interrupted"
+READ_STATUSES = (*STATUSES, INTERRUPTED)
+"""The statuses readers see: a stored ``running`` that no process works on reads as ``interrupted``."""
+INTERRUPTED_ERROR = "the run stopped without finishing (no process holds its folder's lock)"
 FINISHED = ("complete", "diverged")
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.parquet"
@@ -63,6 +75,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_directory(path.parent)
+
+
+def fsync_directory(path: str | Path) -> None:
+    """Make the renames into folder ``path`` durable (a crash after the rename cannot undo it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -144,14 +166,18 @@ class RunDir:
     def exists(self) -> bool:
         return self.config_path.exists()
 
+    def lock(self, *, wait: bool = True) -> FolderLock:
+        """The run folder's lock, held by the one process that trains the run (a context manager)."""
+        return FolderLock(self.path, wait=wait)
+
     def record(self) -> dict[str, Any]:
         """The run record as stored."""
         return json.loads(self.config_path.read_text())
 
     def status(self) -> str | None:
-        """The stored status, or None when there is no readable record."""
+        """The status as readers see it (:func:`observed`), or None when there is no readable record."""
         try:
-            return self.record().get("status")
+            return observed(self.record(), self.path).get("status")
         except (OSError, ValueError):
             return None
 
@@ -204,6 +230,19 @@ def metrics_frame(rows: list[tuple[int, str, str, float]]) -> pd.DataFrame:
     return df.astype({"step": "int64", "split": "string", "metric": "string", "value": "float64"})
 
 
+def observed(record: dict[str, Any], folder: str | Path) -> dict[str, Any]:
+    """``record`` as readers should see it: ``interrupted`` when it says ``running`` but nobody holds ``folder``'s lock.
+
+    A trainer holds the lock from before it writes ``running`` until after it
+    writes the final status, and the operating system releases it when the
+    trainer dies; so a ``running`` record without a holder belongs to a run that
+    was killed (or lost its machine) before it finished.
+    """
+    if isinstance(record, dict) and record.get("status") == "running" and holder(folder) is None:
+        return {**record, "status": INTERRUPTED, "error": record.get("error") or INTERRUPTED_ERROR}
+    return record
+
+
 def run_dirs(root: str | Path) -> list[Path]:
     """Folders under ``root`` that hold a run record, sorted by name."""
     root = Path(root)
@@ -213,10 +252,13 @@ def run_dirs(root: str | Path) -> list[Path]:
 
 
 def _flat_record(record: dict[str, Any]) -> dict[str, Any]:
-    """One flat row: the run's bookkeeping plus its config fields."""
+    """One flat row: the run's bookkeeping plus its config fields (records before ``world_size`` had one process)."""
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise ValueError(f"{CONFIG_FILE} does not hold a run record (an object with a 'config' object)")
     row = {key: record.get(key) for key in
            ("run_id", "status", "error", "diverged_step", "diverged_layer", "steps_completed", "device", "start_time",
             "end_time")}
+    row["world_size"] = record.get("world_size", 1)
     for key, value in (record.get("model") or {}).items():
         row[f"model_{key}"] = value
     for key, value in record["config"].items():
@@ -225,7 +267,7 @@ def _flat_record(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def list_runs(root: str | Path) -> pd.DataFrame:
-    """One row per run under ``root``: status, error, summary and config fields.
+    """One row per run under ``root``: status (as :func:`observed` sees it), error, summary and config fields.
 
     Unreadable records are reported as rows with status ``unreadable`` and the
     reason in ``error``, never raised.
@@ -233,7 +275,8 @@ def list_runs(root: str | Path) -> pd.DataFrame:
     rows = []
     for path in run_dirs(root):
         try:
-            rows.append({**_flat_record(json.loads((path / CONFIG_FILE).read_text())), "path": str(path)})
+            record = observed(json.loads((path / CONFIG_FILE).read_text()), path)
+            rows.append({**_flat_record(record), "path": str(path)})
         except (OSError, ValueError, KeyError, TypeError) as exc:
             rows.append({"run_id": path.name, "status": "unreadable", "error": f"{type(exc).__name__}: {exc}",
                          "path": str(path)})
@@ -245,13 +288,14 @@ def load_runs(root: str | Path) -> pd.DataFrame:
     """Every run's metrics under ``root`` in one tidy DataFrame, config columns joined.
 
     Columns: ``run_id, step, split, metric, value`` followed by the run's
-    status and config fields. Runs whose files cannot be read are skipped with
-    a warning and listed in ``df.attrs["unreadable"]`` (run id -> reason).
+    status (as :func:`observed` sees it) and config fields. Runs whose files
+    cannot be read are skipped with a warning and listed in
+    ``df.attrs["unreadable"]`` (run id -> reason).
     """
     frames, unreadable = [], {}
     for path in run_dirs(root):
         try:
-            record = _flat_record(json.loads((path / CONFIG_FILE).read_text()))
+            record = _flat_record(observed(json.loads((path / CONFIG_FILE).read_text()), path))
             metrics_path = path / METRICS_FILE
             metrics = pd.read_parquet(metrics_path) if metrics_path.exists() else metrics_frame([])
         except Exception as exc:  # any unreadable file is reported, not fatal

@@ -289,7 +289,8 @@ def load_study(runs_dir: str | Path, run_ids: list[str] | tuple[str, ...]) -> St
                      "diverged_layer": record.get("diverged_layer")})
         metrics.append(_tag(run_dir.read_metrics(), tag))
         if run_dir.stats_path.is_dir():
-            stats.append(_tag(read_stats(run_dir.stats_path), tag))
+            run_stats = read_stats(run_dir.stats_path)  # a distributed run's figures show rank 0's rows
+            stats.append(_tag(run_stats[run_stats["rank"] == 0].drop(columns="rank"), tag))
         if run_dir.model_path.exists():
             responses.append(_tag(layer_responses(runs_dir, run_id), tag))
     if not rows:

@@ -55,7 +55,8 @@ def read_run_stats(stats_path: str | Path, run_id: str) -> pd.DataFrame:
     for kind, stats in STATS_NEEDED.items():
         clause = (ds.field("kind") == kind) & ds.field("stat").isin(list(stats))
         wanted = clause if wanted is None else wanted | clause
-    table = ds.dataset([str(part) for part in parts], schema=SCHEMA, format="parquet").to_table(filter=wanted)
+    rank_0 = ds.field("rank") == 0  # a distributed run's values come from rank 0's rows
+    table = ds.dataset([str(part) for part in parts], schema=SCHEMA, format="parquet").to_table(filter=wanted & rank_0)
     return to_frame(table).assign(run_id=run_id)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -48,6 +49,11 @@ def train(monitor: Monitor, model: nn.Module, optimizer: torch.optim.Optimizer |
         ({"stats": ["global.lr"]}, "need optimizer"),
         ({"optimizer": "sgd"}, "optimizer"),
         ({"flush_rows": 0}, "flush_rows"),
+        ({"flush_seconds": 0}, "flush_seconds must be a number of seconds > 0"),
+        ({"flush_seconds": -1.0}, "flush_seconds"),
+        ({"flush_seconds": float("nan")}, "flush_seconds"),
+        ({"flush_seconds": "5"}, "flush_seconds"),
+        ({"flush_seconds": True}, "flush_seconds"),
     ],
 )
 def test_validation_errors(kwargs, match):
@@ -146,6 +152,7 @@ def test_frame_columns_and_types():
         train(monitor, model, optimizer, 2)
     frame = monitor.frame()
     assert tuple(frame.columns) == COLUMNS
+    assert frame["rank"].dtype == "int64" and (frame["rank"] == 0).all()  # not distributed
     assert set(frame.kind) == {"activation", "activation_grad", "param_grad", "weight", "update", "global"}
     for column in ("step", "index", "call"):
         assert frame[column].dtype == "int64"
@@ -243,3 +250,30 @@ def test_block_stats_alone_match_full_set():
     assert len(alone) == 3 * 4 and set(monitor.frame().kind) == {"block"}
     assert (alone[["module", "stat"]] == full[["module", "stat"]]).all().all()
     assert (alone.value - full.value).abs().max() <= 1e-6 * full.value.abs().max()
+
+
+def test_forward_passes_while_paused_are_not_recorded():
+    batch = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))  # leaves the global generator alone
+
+    def run(evaluate: str) -> pd.DataFrame:
+        model = tiny()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        with Monitor(model, optimizer=optimizer, every=1) as monitor:
+            train(monitor, model, optimizer, 1)
+            if evaluate == "paused":
+                with monitor.paused(), torch.no_grad():
+                    model(batch)
+            elif evaluate == "recorded":
+                with torch.no_grad():
+                    model(batch)
+            train(monitor, model, optimizer, 1)
+        return monitor.frame()
+
+    alone, paused, recorded = run("none"), run("paused"), run("recorded")
+    pd.testing.assert_frame_equal(paused, alone)
+    # unpaused, the evaluation counts as the next step's first call and the training pass becomes call 1
+    step_1 = recorded[(recorded.step == 1) & (recorded.kind == "activation")]
+    assert sorted(step_1.call.unique()) == [0, 1]
+    pd.testing.assert_series_equal(
+        step_1[step_1.call == 1].value.reset_index(drop=True),
+        alone[(alone.step == 1) & (alone.kind == "activation")].value.reset_index(drop=True))

@@ -203,3 +203,102 @@ def test_killed_run_leaves_readable_parts(tmp_path):
     frame = read_stats(path)
     assert len(frame) >= 5 * 50 and frame.value.notna().all()
     assert not any(name.startswith("part-") and name.endswith(".tmp") for name in os.listdir(path))
+
+
+def parts(path: Path) -> list[Path]:
+    return sorted(path.glob("part-*.parquet"))
+
+
+def test_parts_flushed_by_time_after_recorded_steps(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(3, 4)
+    path = tmp_path / "stats.parquet"
+    with Monitor(model, optimizer=optimizer, every=2, path=path, flush_seconds=3600) as monitor:
+        assert monitor.flush_seconds == 3600.0
+        step(model, optimizer, x)  # step 0, recorded: under an hour since the monitor started
+        per_step = len(monitor._rows)
+        assert per_step and not parts(path)
+        monitor._flushed_at -= 3600  # as if an hour had passed
+        step(model, optimizer, x)  # step 1 is not recorded: nothing is checked
+        assert not parts(path)
+        step(model, optimizer, x)  # step 2, recorded: both pending steps are written as one part
+        assert len(parts(path)) == 1 and not monitor._rows
+        assert sorted(read_stats(path).step.unique()) == [0, 2] and len(read_stats(path)) == 2 * per_step
+        step(model, optimizer, x)
+        step(model, optimizer, x)  # step 4, recorded; the clock restarted at the last write
+        assert len(parts(path)) == 1 and len(monitor._rows) == per_step
+        monitor.flush()  # now, whatever the clock
+        assert len(parts(path)) == 2 and not monitor._rows
+        monitor.flush()  # nothing pending: no empty part
+        assert len(parts(path)) == 2
+    assert len(parts(path)) == 2
+    pd.testing.assert_frame_equal(read_stats(path), monitor.frame())
+    assert sorted(monitor.frame().step.unique()) == [0, 2, 4]
+
+
+def test_flush_without_path_keeps_rows_in_memory():
+    model = nn.Sequential(nn.Linear(4, 2))
+    with Monitor(model, every=1) as monitor:
+        model(torch.randn(2, 4))
+        monitor.step()
+        before = monitor.frame()
+        monitor.flush()
+        assert not monitor._rows and len(monitor._tables) == 1
+        pd.testing.assert_frame_equal(monitor.frame(), before)
+
+
+def test_parts_are_fsynced_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    events: list[tuple[str, str]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def logged_fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def logged_replace(source, target):
+        events.append(("replace", str(source)))
+        replace(source, target)
+
+    path = tmp_path / "stats"
+    model = nn.Sequential(nn.Linear(4, 2))
+    with Monitor(model, every=1, path=path) as monitor:
+        model(torch.randn(2, 4))
+        monitor.step()
+        monkeypatch.setattr(os, "fsync", logged_fsync)
+        monkeypatch.setattr(os, "replace", logged_replace)
+        monitor.flush()
+        monkeypatch.undo()
+    [part] = parts(path)
+    temp = str(path / f".{part.name}.tmp")
+    assert events == [("fsync", temp), ("replace", temp), ("fsync", str(path))]
+
+
+def test_part_names_carry_the_rank_and_read_stats_merges_ranks(tmp_path, monkeypatch):
+    from analysis.hooks import writer
+
+    monkeypatch.setattr(writer.time, "time_ns", lambda: 123)  # two ranks' writers made at the same instant
+    written = []
+    for rank in (0, 1):
+        rows = writer.Rows(rank)
+        rows.extend(step=[5], module=["fc"], module_type=["Linear"], index=[0], call=[0], kind=["activation"],
+                    stat=["rms"], value=[float(rank + 1)], param=[None])
+        written.append(writer.PartWriter(tmp_path, rank).write(rows.table()).name)
+    assert written == ["part-00000000000000000123-00000-000000.parquet",
+                       "part-00000000000000000123-00001-000000.parquet"]
+    frame = read_stats(tmp_path)
+    assert frame["rank"].tolist() == [0, 1] and frame["value"].tolist() == [1.0, 2.0]
+
+
+def test_parts_written_before_the_rank_column_read_as_rank_0(tmp_path):
+    import pyarrow.parquet as pq
+
+    from analysis.hooks import writer
+
+    rows = writer.Rows()
+    rows.extend(step=[1], module=["fc"], module_type=["Linear"], index=[0], call=[0], kind=["weight"],
+                stat=["norm"], value=[2.0], param=["weight"])
+    pq.write_table(rows.table().drop_columns(["rank"]), tmp_path / "part-0-000000.parquet")
+    frame = read_stats(tmp_path)
+    assert frame["rank"].dtype == "int64" and frame["rank"].tolist() == [0]
+    assert frame["param"].tolist() == ["weight"] and frame["value"].tolist() == [2.0]

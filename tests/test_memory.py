@@ -66,3 +66,12 @@ def test_the_study_refuses_before_building(monkeypatch):
     monkeypatch.setattr(memory, "available_memory", lambda device="cpu": 10**9)
     with pytest.raises(ParameterError, match=r"^depth: 9998 .* more than the 1 GB available on cpu"):
         study.check_memory(params)
+
+
+def test_training_refuses_before_building(tmp_path, monkeypatch):
+    from analysis.train import train
+
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": 10**9)
+    with pytest.raises(ConfigError, match=r"^depth: 9998 .* more than the 1 GB available on cpu"):
+        train(TrainConfig(depth=9998, width=64, device="cpu"), root=tmp_path, progress=False)
+    assert not list(tmp_path.glob("*/config.json"))  # no run was started

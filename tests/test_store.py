@@ -1,5 +1,6 @@
 import json
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -96,3 +97,33 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     write_parquet_atomic(store.metrics_frame([]), tmp_path / "m.parquet")
     for name in ("a.json", "m.parquet"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    events: list[tuple[str, str]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def logged_fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def logged_replace(source, target):
+        events.append(("replace", str(source)))
+        replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", logged_fsync)
+    monkeypatch.setattr(os, "replace", logged_replace)
+    atomic_write_json(tmp_path / "config.json", {"status": "running"})
+    monkeypatch.undo()
+    [(_, temp), replaced, folder] = events
+    assert Path(temp).parent == tmp_path and Path(temp).name.startswith(".config.json.")
+    assert replaced == ("replace", temp) and folder == ("fsync", str(tmp_path))
+    assert json.loads((tmp_path / "config.json").read_text()) == {"status": "running"}
+
+
+def test_list_runs_notes_the_world_size(tmp_path):
+    for run_id, extra in (("old", {}), ("ddp", {"world_size": 2})):
+        run = RunDir(tmp_path, run_id)
+        run.start({"depth": 8}, **extra)
+        run.update(status="complete")
+    assert list_runs(tmp_path).set_index("run_id")["world_size"].to_dict() == {"ddp": 2, "old": 1}

@@ -6,14 +6,21 @@ the gradient of each output on the autograd node that produced it (unlike
 Parameter statistics are read once per step, after gradient accumulation, with
 foreach kernels. Every statistic stays on the tensor's device as a small raw
 tensor until the step ends; then all of them reach the host in one transfer.
+
+Under `torch.distributed` each process monitors its own replica: rows carry the
+process's rank, parameter statistics are read after DistributedDataParallel has
+averaged the gradients (so they agree across ranks), activations describe each
+rank's own share of the batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import time
 import weakref
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from numbers import Integral
@@ -30,6 +37,10 @@ from torch.utils.hooks import RemovableHandle
 from analysis.hooks import statistics
 from analysis.hooks.selection import Patterns, channel_layout, select
 from analysis.hooks.writer import SCHEMA, PartWriter, Rows, read_tables, to_frame
+
+DEFAULT_FLUSH_SECONDS = 5.0
+"""With a path, pending rows are written at least this often (checked after each recorded step),
+so a killed run loses at most the last few seconds of statistics."""
 
 DEFAULT_EVERY = 25
 """Default cadence: a recorded step costs about 1.3-1.4 uninstrumented steps on a 2-core CPU,
@@ -69,6 +80,12 @@ def _cadence(every: int | Iterable[int]) -> int | frozenset[int]:
     if not steps or not all(isinstance(s, Integral) and not isinstance(s, bool) and s >= 0 for s in steps):
         raise ValueError(f"every: a collection of steps must hold ints >= 0 and not be empty; got {every!r}")
     return frozenset(int(s) for s in steps)
+
+
+def _rank() -> int:
+    """This process's rank in the default `torch.distributed` group, 0 outside one."""
+    distributed = torch.distributed
+    return distributed.get_rank() if distributed.is_available() and distributed.is_initialized() else 0
 
 
 def _wanted_stats(stats: str | Iterable[str] | None, has_optimizer: bool) -> dict[str, tuple[int, ...]]:
@@ -213,7 +230,9 @@ class Monitor:
     """Records per-layer statistics of `model` while used as a context manager.
 
     Args:
-        model: any nn.Module.
+        model: any nn.Module. A DistributedDataParallel wrapper is looked through: its
+            module is monitored and named as it would be unwrapped (no `module.`
+            prefix), so distributed and single-process frames line up.
         optimizer: when given, the monitor advances on each `optimizer.step()` (step
             hooks), reads gradients just before it and records the update it made.
             Without it, call `monitor.step()` once per training step, after backward.
@@ -221,8 +240,11 @@ class Monitor:
             only the steps in a collection such as `log_steps(total, n)`.
         include: module types and/or fnmatch patterns on qualified names that replace
             the default selection; `exclude` removes matches. See `selection`.
-        path: directory for Parquet part files, flushed every `flush_rows` rows so
-            memory stays bounded; without it rows stay in memory.
+        path: directory for Parquet part files; pending rows are written as a part
+            every `flush_rows` rows (memory stays bounded), after a recorded step once
+            `flush_seconds` have passed since the last write (a killed run keeps its
+            statistics up to then), on `flush()` and on exit. Without it rows stay in
+            memory. Each rank of a distributed run writes its own parts into `path`.
         stats: statistic groups ("activation") or single statistics ("activation.rms")
             to record; None records all (update and lr need the optimizer).
         first_step: number of the first step (0 by default; a training loop that counts
@@ -240,6 +262,7 @@ class Monitor:
         path: str | os.PathLike | None = None,
         stats: str | Iterable[str] | None = None,
         flush_rows: int = 100_000,
+        flush_seconds: float = DEFAULT_FLUSH_SECONDS,
         first_step: int = 0,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -249,6 +272,12 @@ class Monitor:
                 f"optimizer must be a torch.optim.Optimizer or None; got {type(optimizer).__name__}")
         if isinstance(flush_rows, bool) or not isinstance(flush_rows, int) or flush_rows < 1:
             raise ValueError(f"flush_rows must be an int >= 1; got {flush_rows!r}")
+        if (isinstance(flush_seconds, bool) or not isinstance(flush_seconds, (int, float))
+                or math.isnan(flush_seconds) or flush_seconds <= 0):
+            raise ValueError(f"flush_seconds must be a number of seconds > 0 (math.inf: only by rows); "
+                             f"got {flush_seconds!r}")
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
         self.model = model
         self.optimizer = optimizer
         self.every = _cadence(every)
@@ -256,12 +285,16 @@ class Monitor:
         self.selection = select(model, include, exclude)
         self.path = Path(path) if path is not None else None
         self.flush_rows = flush_rows
+        self.flush_seconds = float(flush_seconds)
+        self.rank = _rank()
         if isinstance(first_step, bool) or not isinstance(first_step, int) or first_step < 0:
             raise ValueError(f"first_step must be an int >= 0; got {first_step!r}")
         self.first_step = first_step
         self.current_step = first_step
-        self._writer = PartWriter(self.path) if self.path is not None else None
-        self._rows = Rows()
+        self._writer = PartWriter(self.path, self.rank) if self.path is not None else None
+        self._flushed_at = time.monotonic()
+        self._paused = 0
+        self._rows = Rows(self.rank)
         self._tables: list[pa.Table] = []
         self._handles: list[RemovableHandle] = []
         self._state = _StepState(recording=False)
@@ -322,7 +355,7 @@ class Monitor:
                 handle.remove()
         finally:
             state.release()
-            self._flush()
+            self.flush()
 
     # -- stepping --------------------------------------------------------------
 
@@ -336,6 +369,18 @@ class Monitor:
     def recording(self) -> bool:
         """Whether the current step is recorded."""
         return self._state.recording
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Forward passes inside this block are not recorded (say, an evaluation between two steps).
+
+        Without it such a pass counts as part of the next step, as extra calls.
+        """
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
 
     def step(self) -> None:
         """End the current step (without an optimizer): read parameters, record, advance."""
@@ -367,7 +412,7 @@ class Monitor:
     # -- hooks -----------------------------------------------------------------
 
     def _forward_hook(self, site: _Site, module: nn.Module, args: Any, output: Any) -> None:
-        if self._state.recording:
+        if self._state.recording and not self._paused:
             self._record_output(self._state, site, output)
 
     def _record_output(self, state: _StepState, site: _Site, output: Any) -> None:
@@ -515,8 +560,8 @@ class Monitor:
                 self._emit(state, kind, state.batches[kind].rows, raw)
         if "global" in self.wanted:
             self._emit_global(state, grad_norm)
-        if len(self._rows) >= self.flush_rows:
-            self._flush()
+        if len(self._rows) >= self.flush_rows or time.monotonic() - self._flushed_at >= self.flush_seconds:
+            self.flush()
 
     def _emit(self, state: _StepState, kind: str, rows: list[tuple], raw: np.ndarray) -> None:
         info = np.array([row[3:] for row in rows], dtype=np.float64)  # numel (and channels)
@@ -575,7 +620,12 @@ class Monitor:
             param=[row[2] for row in rows for _ in range(width)],
         )
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write the rows of finished steps now: a part file with a path, else an in-memory table.
+
+        A step still being recorded is not included; its rows are written once it ends.
+        """
+        self._flushed_at = time.monotonic()
         if not len(self._rows):
             return
         table = self._rows.table()
@@ -588,7 +638,8 @@ class Monitor:
     # -- results ---------------------------------------------------------------
 
     def frame(self) -> pd.DataFrame:
-        """All recorded rows as a tidy long DataFrame (with a path: flushed parts + pending rows)."""
+        """All recorded rows as a tidy long DataFrame (with a path: every part under it, of every rank,
+        plus this monitor's pending rows)."""
         tables = read_tables(self.path) if self.path is not None else list(self._tables)
         if len(self._rows):
             tables.append(self._rows.table())
