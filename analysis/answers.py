@@ -20,6 +20,7 @@ import pandas as pd
 
 from analysis.checks import shown
 from analysis.frames import holds_for_every_seed, paired_by_seed, spread, to_json_value
+from analysis.pages import SUMMARY_PAGE, study_page
 from analysis.summary import with_configuration
 
 QUESTIONS = {
@@ -29,15 +30,9 @@ QUESTIONS = {
     "q4": "How do ResNet-50 and ResNet-152 differ?",
     "q5": "Which optimizers and normalization help deep networks train?",
 }
-SUMMARY_PAGE = "summary.html"
 TRAINING_SETTINGS = ("norm", "init", "zero_init_residual", "optimizer", "schedule", "lr", "weight_decay",
                      "milestones", "warmup_steps")
 """The settings the normalization/optimizer comparison (q5) groups by, besides the variant."""
-
-
-def study_page(study_id: str) -> str:
-    """The report page of a study, relative to the index."""
-    return f"studies/{study_id}.html"
 
 
 def latest_findings(studies: pd.DataFrame, kind: str) -> tuple[dict[str, Any] | None, str | None]:

@@ -28,7 +28,6 @@ markdown therefore shows as source. Every file is written atomically.
 from __future__ import annotations
 
 import argparse
-import html
 import os
 import re
 import tempfile
@@ -37,7 +36,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
-from urllib.parse import quote
 
 import jinja2
 import nbformat
@@ -46,18 +44,15 @@ import pandas as pd
 
 from analysis.answers import build_answers
 from analysis.frames import to_json_value
-from analysis.store import FILE_MODE, atomic_write_json, atomic_write_text, run_dirs
+from analysis.pages import (ANSWERS_JSON, INDEX_FILE, SUMMARY_JSON, SUMMARY_NAME, SUMMARY_PAGE, file_name,
+                            study_page)
+from analysis.safe_html import CONTENT_POLICY_META, clean_html
+from analysis.store import FILE_MODE, atomic_write_json, atomic_write_text, first_error, list_studies, run_dirs
 from analysis.summary import run_table, summary_json
-from analysis.sweep import first_error, list_studies
 
-SUMMARY_NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "summary.ipynb"
-STUDIES_DIR = "studies"
-INDEX_FILE = "index.html"
-SUMMARY_NAME = "summary"
-SUMMARY_JSON = "summary.json"
-ANSWERS_JSON = "answers.json"
+SUMMARY_NOTEBOOK = Path(__file__).resolve().parent / "notebooks" / "summary.ipynb"
 PROGRESS_TAG = "progress"
-FAILED_STATUSES = ("failed", "diverged", "unreadable")
+FAILED_STATUSES = ("failed", "diverged", "unreadable", "cancelled", "interrupted")
 BUDGET_NOTE = ("Budget: `make report` trains narrow networks (width 8, 200 steps, batch 32, 16x16 images) on the "
                "embedded synthetic data with 3 seeds, within 15 minutes on 2 CPU cores, so effects that need longer "
                "training are said to be unresolved. A full-size run on a GPU: python -m analysis sweep --depths 20 56 110 "
@@ -65,10 +60,10 @@ BUDGET_NOTE = ("Budget: `make report` trains narrow networks (width 8, 200 steps
                "--set device=cuda --set stats_every=500, then python -m analysis report runs.")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
-# nbconvert's lab template without the blocks that load scripts from a CDN.
+# nbconvert's lab template without the blocks that load scripts from a CDN, and with a policy that runs none.
 OFFLINE_TEMPLATE = "offline_lab.html.j2"
 OFFLINE_TEMPLATE_SOURCE = """{%- extends 'index.html.j2' -%}
-{% block html_head_js %}{% endblock html_head_js %}
+{% block html_head_js %}""" + CONTENT_POLICY_META + """{% endblock html_head_js %}
 {% block jupyter_widgets %}{% endblock jupyter_widgets %}
 {% block html_head_js_mathjax %}{% endblock html_head_js_mathjax %}
 {% block html_head_js_mermaidjs %}{% endblock html_head_js_mermaidjs %}
@@ -90,14 +85,18 @@ class Page:
 
 
 def notebook_html(notebook: nbformat.NotebookNode, *, title: str, show_code: bool = False) -> str:
-    """One self-contained HTML page for an executed notebook (lab template, images embedded)."""
+    """One self-contained HTML page for an executed notebook (lab template, images embedded).
+
+    The notebook's HTML is sanitized and the page forbids scripts (:mod:`analysis.safe_html`), so a
+    tampered or foreign notebook cannot run code in the reader's browser.
+    """
     from nbconvert import HTMLExporter
     from traitlets.config import Config
 
     exporter = HTMLExporter(
         template_name="lab", template_file=OFFLINE_TEMPLATE,
         extra_loaders=[jinja2.DictLoader({OFFLINE_TEMPLATE: OFFLINE_TEMPLATE_SOURCE})],
-        embed_images=True, exclude_input=not show_code,
+        embed_images=True, sanitize_html=True, filters={"clean_html": clean_html}, exclude_input=not show_code,
         exclude_input_prompt=not show_code, exclude_output_prompt=not show_code,
         config=Config({"TagRemovePreprocessor": {"enabled": True, "remove_all_outputs_tags": {PROGRESS_TAG}}}),
     )
@@ -120,7 +119,7 @@ def compile_notebook(path: str | Path, html_path: Path, *, title: str, show_code
 def compile_studies(studies: pd.DataFrame, out_dir: Path, *, show_code: bool) -> list[Page]:
     """Compile each study's notebook to ``out_dir/studies/<study_id>.html``.
 
-    ``studies`` is :func:`analysis.sweep.list_studies` output: one row per
+    ``studies`` is :func:`analysis.store.list_studies` output: one row per
     study with ``study_id, status, error, depth, variants, notebook, run_ids``.
     """
     pages = []
@@ -132,7 +131,7 @@ def compile_studies(studies: pd.DataFrame, out_dir: Path, *, show_code: bool) ->
                     kind=_text(study.get("kind")) or "depth")
         notebook = _text(study.get("notebook"))
         if notebook and Path(notebook).exists():
-            href = f"{STUDIES_DIR}/{_file_name(page.name)}.html"
+            href = study_page(page.name)
             failure = compile_notebook(notebook, out_dir / href, title=page.name, show_code=show_code)
             if failure:
                 page.error = "\n".join(filter(None, [page.error, failure]))
@@ -148,7 +147,7 @@ def compile_notebooks(paths: Iterable[str | Path], out_dir: Path, *, show_code: 
     """Compile notebooks given by path; status and error come from the notebook itself."""
     pages, names = [], set()
     for path in map(Path, paths):
-        name = _file_name(path.stem)
+        name = file_name(path.stem)
         while name in names:
             name += "-1"
         names.add(name)
@@ -162,7 +161,7 @@ def compile_notebooks(paths: Iterable[str | Path], out_dir: Path, *, show_code: 
         except Exception as exc:  # reported in the index like any failed study
             pages.append(Page(name, "unreadable", f"{type(exc).__name__}: {exc}"))
             continue
-        href = f"{STUDIES_DIR}/{name}.html"
+        href = study_page(name)
         failure = compile_notebook(path, out_dir / href, title=name, show_code=show_code)
         page.href = None if failure else href
         page.error = page.error or failure
@@ -213,11 +212,19 @@ def execute_summary(runs_dir: str | Path, out_dir: Path, *, kernel: str = "pytho
         os.replace(tmp, executed)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    href = f"{SUMMARY_NAME}.html"
+    href = SUMMARY_PAGE
     failure = compile_notebook(executed, out_dir / href, title="Summary across depths", show_code=show_code)
     page.href = None if failure else href
     page.error = page.error or failure
     return page
+
+
+def checked_out_dir(out_dir: str | Path) -> Path:
+    """``out_dir`` as a Path, or a ValueError when it names something that is not a folder."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"out: {out_dir} exists and is not a folder")
+    return out_dir
 
 
 def build_reports(runs_dir: str | Path | None, out_dir: str | Path, *, show_code: bool = False,
@@ -232,7 +239,7 @@ def build_reports(runs_dir: str | Path | None, out_dir: str | Path, *, show_code
         raise ValueError("runs_dir: give a runs folder, or notebooks in studies, or both")
     if runs_dir is not None and not Path(runs_dir).is_dir():
         raise ValueError(f"runs_dir: {str(runs_dir)!r} is not a folder")
-    out_dir = Path(out_dir)
+    out_dir = checked_out_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if studies is None:
         pages = compile_studies(list_studies(runs_dir), out_dir, show_code=show_code)
@@ -254,105 +261,40 @@ def build_reports(runs_dir: str | Path | None, out_dir: str | Path, *, show_code
 
 # ---------------------------------------------------------------------------- index page
 
-STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 80rem;
-       padding: 0 1rem; color: #1b1b1b; line-height: 1.4; }
-h1 { margin-bottom: 0.2rem; } .meta { color: #555; margin-top: 0; }
-table { border-collapse: collapse; width: 100%; margin: 0.5rem 0 1.5rem; font-size: 0.92rem; }
-th, td { border-bottom: 1px solid #ddd; padding: 0.3rem 0.5rem; text-align: left; vertical-align: top; }
-th { background: #f3f3f3; } td.id { white-space: nowrap; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-tr.bad td { background: #fff1f0; } .status { font-weight: 600; } tr.bad .status { color: #b3261e; }
-pre.error { white-space: pre-wrap; margin: 0; max-height: 12rem; overflow: auto; font-size: 0.85rem;
-            color: #b3261e; }
-.summary-link { font-size: 1.1rem; }
-ol.answers li { margin-bottom: 0.8rem; } .question { font-weight: 600; margin: 0; } .answer, .evidence { margin: 0.2rem 0; }
-.evidence { font-size: 0.9rem; color: #444; }
-"""
+TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("analysis", "templates"), autoescape=True,
+                               undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 
 
 def index_html(runs_dir: str | Path | None, runs: pd.DataFrame | None, summary: Page | None,
                pages: list[Page], answers: dict | None = None) -> str:
-    """The index page: the five answers, summary link, studies and runs with their numbers and errors (all text escaped)."""
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    parts = ["<h1>Why deep networks train, or fail to</h1>",
-             f'<p class="meta">Runs folder: <code>{_esc(runs_dir if runs_dir is not None else "none")}</code>'
-             f" &middot; built {_esc(now)}{_esc(_counts(runs))}</p>",
-             _answers_section(answers),
-             "<h2>Summary across runs</h2>", _summary_section(runs_dir, summary),
-             f"<h2>Studies ({len(pages)})</h2>", _studies_table(pages)]
-    if runs is not None:
-        parts += [f"<h2>Runs ({len(runs)})</h2>", _runs_table(runs, pages)]
-    body = "\n".join(parts)
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>Trainability reports</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+    """The index page: the five answers, summary link, studies and runs with their numbers and errors.
 
-
-def _answers_section(answers: dict | None) -> str:
-    """The five questions, each with its computed answer and links to the pages its numbers come from."""
-    if not answers:
-        return ""
-    items = []
-    for question in answers["questions"]:
-        links = ", ".join(f'<a href="{_href(link)}">{_esc(link)}</a>' for link in question["evidence"])
-        items.append(f'<li id="{_esc(question["id"])}"><p class="question">{_esc(question["question"])}</p>'
-                     f'<p class="answer">{_esc(question["answer"])}</p>'
-                     + (f'<p class="evidence">Evidence: {links}</p>' if links else "") + "</li>")
-    return ("<h2>Five questions, answered from these runs</h2>\n"
-            f'<p class="meta">{_esc(BUDGET_NOTE)} Numbers as JSON: <a href="{_href(ANSWERS_JSON)}">'
-            f"{ANSWERS_JSON}</a>.</p>\n<ol class=\"answers\">" + "\n".join(items) + "</ol>")
-
-
-def _summary_section(runs_dir: str | Path | None, summary: Page | None) -> str:
-    if summary is None:
-        reason = "no runs folder given" if runs_dir is None else "no runs found"
-        return f"<p>No summary: {_esc(reason)}.</p>"
-    parts = []
-    if summary.href:
-        parts.append(f'<p class="summary-link"><a href="{_href(summary.href)}">Every configuration over its seeds: '
-                     "final loss and accuracy against depth, residual against plain, gradient flow, all runs</a> "
-                     f'(numbers as JSON: <a href="{_href(SUMMARY_JSON)}">{SUMMARY_JSON}</a>)</p>')
-    if summary.error:
-        parts.append(f'<p class="status">Summary {_esc(summary.status)}:</p>{_error(summary.error)}')
-    return "\n".join(parts)
-
-
-def _studies_table(pages: list[Page]) -> str:
-    if not pages:
-        return "<p>No executed studies.</p>"
-    rows = []
-    for page in pages:
-        link = f'<a href="{_href(page.href)}">report</a>' if page.href else "no report"
-        rows.append(
-            f'<tr id="study-{_esc(page.name)}"{_bad(page.status, page.error)}>'
-            f"<td class=\"id\">{_esc(page.name)}</td><td>{_esc(page.kind)}</td>"
-            f"<td class=\"status\">{_esc(page.status)}</td>"
-            f"<td class=\"num\">{_esc(_blank(page.depth))}</td><td>{_esc(_blank(page.variants))}</td>"
-            f"<td>{link}</td><td>{_error(page.error)}</td></tr>")
-    return _table(["study", "kind", "status", "depth", "variants", "report", "error"], rows)
-
-
-def _runs_table(runs: pd.DataFrame, pages: list[Page]) -> str:
-    if runs.empty:
-        return "<p>No runs.</p>"
+    Rendered from ``templates/index.html.j2`` with autoescaping, so every value is shown as text.
+    """
     study_of = {run_id: page for page in pages for run_id in page.run_ids}
-    rows = []
-    for run in runs.to_dict("records"):
-        page = study_of.get(run["run_id"])
-        study = (f'<a href="{_href(page.href)}">{_esc(page.name)}</a>' if page and page.href
-                 else _esc(page.name if page else ""))
-        rows.append(
-            f'<tr id="run-{_esc(run["run_id"])}"{_bad(run["status"], run["error"])}>'
-            f"<td class=\"id\">{_esc(run['run_id'])}</td><td class=\"num\">{_esc(_blank(run['depth']))}</td>"
-            f"<td>{_esc(_blank(run['variant']))}</td><td class=\"status\">{_esc(_blank(run['status']))}</td>"
-            f"<td class=\"num\">{_esc(_steps(run))}</td>"
-            f"<td class=\"num\">{_esc(format_number(run.get('final_train_loss')))}</td>"
-            f"<td class=\"num\">{_esc(format_number(run.get('final_train_accuracy')))}</td>"
-            f"<td class=\"num\">{_esc(format_number(run.get('final_val_accuracy')))}</td>"
-            f"<td class=\"id\">{study}</td><td>{_error(_run_error(run))}</td></tr>")
-    return _table(["run", "depth", "variant", "status", "steps", "final train loss", "final train accuracy",
-                   "final val accuracy", "study", "error"], rows)
+    return TEMPLATES.get_template("index.html.j2").render(
+        content_policy_meta=CONTENT_POLICY_META, budget_note=BUDGET_NOTE, answers=answers,
+        answers_json=ANSWERS_JSON, summary_json=SUMMARY_JSON, summary=summary,
+        runs_dir="none" if runs_dir is None else str(runs_dir), runs_dir_given=runs_dir is not None,
+        built=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), counts=_counts(runs),
+        studies=[_study_row(page) for page in pages],
+        runs=None if runs is None else [_run_row(run, study_of.get(run["run_id"])) for run in runs.to_dict("records")],
+    )
+
+
+def _study_row(page: Page) -> dict:
+    return {"name": page.name, "kind": page.kind, "status": page.status, "depth": _blank(page.depth),
+            "variants": _blank(page.variants), "href": page.href, "error": _error_text(page.error),
+            "bad": _bad(page.status, page.error)}
+
+
+def _run_row(run: dict, page: Page | None) -> dict:
+    return {"run_id": run["run_id"], "depth": _blank(run["depth"]), "variant": _blank(run["variant"]),
+            "status": _blank(run["status"]), "steps": _steps(run),
+            **{name: format_number(run.get(name))
+               for name in ("final_train_loss", "final_train_accuracy", "final_val_accuracy")},
+            "study": page.name if page else "", "study_href": page.href if page else None,
+            "error": _error_text(_run_error(run)), "bad": _bad(run["status"], run["error"])}
 
 
 def _run_error(run: dict) -> str | None:
@@ -384,19 +326,14 @@ def _counts(runs: pd.DataFrame | None) -> str:
     return " · " + ", ".join(f"{count} {status}" for status, count in counts.items())
 
 
-def _table(header: list[str], rows: list[str]) -> str:
-    head = "".join(f"<th>{_esc(name)}</th>" for name in header)
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>"
+def _bad(status: object, error: object) -> bool:
+    return status in FAILED_STATUSES or bool(_text(error))
 
 
-def _bad(status: object, error: object) -> str:
-    return ' class="bad"' if status in FAILED_STATUSES or _text(error) else ""
-
-
-def _error(error: object) -> str:
-    """An error message as escaped preformatted text, without terminal color codes (tracebacks have them)."""
+def _error_text(error: object) -> str | None:
+    """An error message without terminal color codes (tracebacks have them), or None."""
     error = _text(error)
-    return f'<pre class="error">{_esc(ANSI_ESCAPE.sub("", error))}</pre>' if error else ""
+    return ANSI_ESCAPE.sub("", error) if error else None
 
 
 def _text(value: object) -> str | None:
@@ -412,19 +349,6 @@ def _blank(value: object) -> str:
         value = int(value)
     text = _text(value)
     return "" if text is None else text
-
-
-def _file_name(name: str) -> str:
-    """``name`` with anything but letters, digits, '.', '_' and '-' replaced, so it stays one file."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "_"
-
-
-def _esc(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _href(path: str) -> str:
-    return _esc(quote(path))
 
 
 # ---------------------------------------------------------------------------- command line
@@ -444,7 +368,7 @@ def run(args: argparse.Namespace) -> int:
     other = [path for path in args.paths if path not in folders and path not in notebooks]
     if other or len(folders) > 1:
         bad = ", ".join(map(str, other or folders))
-        raise SystemExit(f"paths: {bad}: give one runs folder and/or existing executed notebooks (.ipynb)")
+        raise ValueError(f"paths: {bad}: give one runs folder and/or existing executed notebooks (.ipynb)")
     runs_dir = folders[0] if folders else runs_dir_of(notebooks)
     index = build_reports(runs_dir, args.out, show_code=args.show_code, studies=notebooks or None,
                           kernel=args.kernel)

@@ -29,7 +29,7 @@ import tempfile
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
@@ -310,3 +310,96 @@ def load_runs(root: str | Path) -> pd.DataFrame:
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", *METRIC_COLUMNS])
     df.attrs["unreadable"] = unreadable
     return df
+
+
+# ---------------------------------------------------------------------------- study folders
+
+STUDIES_DIR = "studies"
+STUDY_FILE = "study.json"
+NOTEBOOK_FILE = "depth_study.ipynb"  # the executed notebook of records that name no source notebook
+STUDY_STATUSES = ("pending", "running", "complete", "failed", "cancelled")
+"""What a study record (``study.json``) may say; readers also see ``interrupted`` (see :func:`study_row`)."""
+STUDY_INTERRUPTED_ERROR = "its sweep stopped before it finished (nothing holds the study's lock)"
+RECORD_COLUMNS = ("study_id", "status", "error", "depth", "variants")
+TRAILING_COLUMNS = ("notebook", "run_ids", "start_time", "end_time", "worker")
+
+
+def study_folder(runs_dir: str | Path, identifier: str) -> Path:
+    """``<runs_dir>/studies/<study_id>``."""
+    return Path(runs_dir) / STUDIES_DIR / identifier
+
+
+def read_study(folder: str | Path) -> dict[str, Any] | None:
+    """The study record in ``folder``, or None when missing or unreadable (not a JSON object)."""
+    try:
+        record = json.loads((Path(folder) / STUDY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def executed_notebook(folder: str | Path, record: Mapping[str, Any] | None) -> Path:
+    """Where a study folder keeps its executed notebook: the source notebook's name."""
+    source = (record or {}).get("source_notebook")
+    return Path(folder) / (Path(source).name if source else NOTEBOOK_FILE)
+
+
+def is_complete(folder: str | Path) -> bool:
+    """True when the record says complete and the executed notebook is there."""
+    record = read_study(folder)
+    return bool(record) and record.get("status") == "complete" and executed_notebook(folder, record).exists()
+
+
+def notebook_error(path: Path) -> str | None:
+    """``ename: evalue`` of the first error output in an executed notebook file."""
+    try:
+        cells = json.loads(path.read_text())["cells"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return first_error(cells)
+
+
+def first_error(cells: Iterable[Mapping[str, Any]]) -> str | None:
+    """``ename: evalue`` of the first error output among notebook ``cells``, or None."""
+    for cell in cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                return f"{output.get('ename', 'Error')}: {output.get('evalue', '')}"
+    return None
+
+
+def study_row(record: Mapping[str, Any] | None, folder: Path) -> dict[str, Any]:
+    """One flat row: bookkeeping, then the parameters, then the notebook path and run ids."""
+    if record is None:
+        return {**dict.fromkeys((*RECORD_COLUMNS, *TRAILING_COLUMNS)), "study_id": folder.name,
+                "status": "unreadable", "error": f"no readable {STUDY_FILE} in {folder}", "run_ids": []}
+    parameters = dict(record.get("parameters") or {})
+    notebook = executed_notebook(folder, record)
+    status, error = record.get("status"), record.get("error")
+    if status == "running" and holder(folder) is None:
+        status, error = INTERRUPTED, STUDY_INTERRUPTED_ERROR
+    return {
+        "study_id": record.get("study_id", folder.name),
+        "kind": record.get("kind", "depth"),
+        "status": status,
+        "error": error,
+        "depth": parameters.pop("depth", None),
+        "variants": parameters.pop("variants", None),
+        **{key: tuple(value) if isinstance(value, list) else value for key, value in parameters.items()},
+        "notebook": str(notebook) if notebook.exists() else None,
+        "run_ids": list(record.get("run_ids") or []),
+        "start_time": record.get("start_time"),
+        "end_time": record.get("end_time"),
+        "worker": record.get("worker"),
+    }
+
+
+def list_studies(runs_dir: str | Path) -> pd.DataFrame:
+    """One row per study under ``<runs_dir>/studies``: status, error, parameters, notebook path, run ids.
+
+    Unreadable records give rows with status ``unreadable`` and the reason in ``error``.
+    """
+    root = Path(runs_dir) / STUDIES_DIR
+    folders = sorted(path for path in root.iterdir() if path.is_dir()) if root.is_dir() else []
+    rows = [study_row(read_study(folder), folder) for folder in folders]
+    return pd.DataFrame(rows, columns=None if rows else [*RECORD_COLUMNS, *TRAILING_COLUMNS])

@@ -52,16 +52,12 @@ import yaml
 
 from analysis.checks import shown
 from analysis.locks import FolderBusy, FolderLock, holder
-from analysis.store import atomic_write_json, utc_now
+from analysis.store import (STUDIES_DIR, STUDY_FILE, atomic_write_json, is_complete, notebook_error, read_study,
+                            study_folder, study_row, utc_now)
 from analysis.studies import KINDS, StudyKind, kind as study_kind
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-STUDIES_DIR = "studies"
-STUDY_FILE = "study.json"
-NOTEBOOK_FILE = "depth_study.ipynb"  # the executed notebook of records that name no source notebook
 LOG_FILE = "papermill.log"
-STATUSES = ("pending", "running", "complete", "failed", "cancelled")
-INTERRUPTED = "interrupted"  # shown for a running record whose executor is gone (its folder is not locked)
 VARIANTS = ("residual", "plain", "both")
 SWEEP_PARAMETERS = ("runs_dir", "threads", "findings_path")  # set by the sweep itself, left out of the study id
 FINDINGS_FILE = "findings.json"
@@ -71,8 +67,6 @@ ERROR_TAIL_LINES = 5
 POLL_SECONDS = 0.5
 KILL_GRACE_SECONDS = 5.0
 EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-RECORD_COLUMNS = ("study_id", "status", "error", "depth", "variants")
-TRAILING_COLUMNS = ("notebook", "run_ids", "start_time", "end_time", "worker")
 
 
 def study_id(parameters: Mapping[str, Any], kind: str = "depth") -> str:
@@ -221,32 +215,6 @@ def with_seeds(settings: dict[str, list[Any]], seeds: Sequence[int] | None) -> d
     if "seeds" in settings:
         raise ValueError("seeds: give them with --seeds or --set seeds=..., not both")
     return {**settings, "seeds": [list(seeds)]}
-
-
-def study_folder(runs_dir: str | Path, identifier: str) -> Path:
-    """``<runs_dir>/studies/<study_id>``."""
-    return Path(runs_dir) / STUDIES_DIR / identifier
-
-
-def read_study(folder: str | Path) -> dict[str, Any] | None:
-    """The study record in ``folder``, or None when missing or unreadable (not a JSON object)."""
-    try:
-        record = json.loads((Path(folder) / STUDY_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def executed_notebook(folder: str | Path, record: Mapping[str, Any] | None) -> Path:
-    """Where a study folder keeps its executed notebook: the source notebook's name."""
-    source = (record or {}).get("source_notebook")
-    return Path(folder) / (Path(source).name if source else NOTEBOOK_FILE)
-
-
-def is_complete(folder: str | Path) -> bool:
-    """True when the record says complete and the executed notebook is there."""
-    record = read_study(folder)
-    return bool(record) and record.get("status") == "complete" and executed_notebook(folder, record).exists()
 
 
 def available_cores() -> int:
@@ -449,24 +417,6 @@ def failure_reason(returncode: int | None, log_text: str, notebook: Path, cell_t
         return error
     lines = [line for line in log_text.splitlines() if line.strip()]
     return "\n".join(lines[-ERROR_TAIL_LINES:]) or f"papermill exited with status {returncode}"
-
-
-def notebook_error(path: Path) -> str | None:
-    """``ename: evalue`` of the first error output in an executed notebook file."""
-    try:
-        cells = json.loads(path.read_text())["cells"]
-    except (OSError, ValueError, KeyError):
-        return None
-    return first_error(cells)
-
-
-def first_error(cells: Iterable[Mapping[str, Any]]) -> str | None:
-    """``ename: evalue`` of the first error output among notebook ``cells``, or None."""
-    for cell in cells:
-        for output in cell.get("outputs", []):
-            if output.get("output_type") == "error":
-                return f"{output.get('ename', 'Error')}: {output.get('evalue', '')}"
-    return None
 
 
 class Progress:
@@ -697,43 +647,6 @@ def _task_failed(point: Point, runs_dir: Path, exc: BaseException | None) -> dic
     record.update(status="failed", error=f"{type(exc).__name__}: {exc}", end_time=utc_now())
     atomic_write_json(folder / STUDY_FILE, record)
     return record
-
-
-def study_row(record: Mapping[str, Any] | None, folder: Path) -> dict[str, Any]:
-    """One flat row: bookkeeping, then the parameters, then the notebook path and run ids."""
-    if record is None:
-        return {**dict.fromkeys((*RECORD_COLUMNS, *TRAILING_COLUMNS)), "study_id": folder.name,
-                "status": "unreadable", "error": f"no readable {STUDY_FILE} in {folder}", "run_ids": []}
-    parameters = dict(record.get("parameters") or {})
-    notebook = executed_notebook(folder, record)
-    status, error = record.get("status"), record.get("error")
-    if status == "running" and holder(folder) is None:
-        status, error = INTERRUPTED, "its sweep stopped before it finished (nothing holds the study's lock)"
-    return {
-        "study_id": record.get("study_id", folder.name),
-        "kind": record.get("kind", "depth"),
-        "status": status,
-        "error": error,
-        "depth": parameters.pop("depth", None),
-        "variants": parameters.pop("variants", None),
-        **{key: tuple(value) if isinstance(value, list) else value for key, value in parameters.items()},
-        "notebook": str(notebook) if notebook.exists() else None,
-        "run_ids": list(record.get("run_ids") or []),
-        "start_time": record.get("start_time"),
-        "end_time": record.get("end_time"),
-        "worker": record.get("worker"),
-    }
-
-
-def list_studies(runs_dir: str | Path) -> pd.DataFrame:
-    """One row per study under ``<runs_dir>/studies``: status, error, parameters, notebook path, run ids.
-
-    Unreadable records give rows with status ``unreadable`` and the reason in ``error``.
-    """
-    root = Path(runs_dir) / STUDIES_DIR
-    folders = sorted(path for path in root.iterdir() if path.is_dir()) if root.is_dir() else []
-    rows = [study_row(read_study(folder), folder) for folder in folders]
-    return pd.DataFrame(rows, columns=None if rows else [*RECORD_COLUMNS, *TRAILING_COLUMNS])
 
 
 def summary_line(results: pd.DataFrame, runs_dir: str | Path) -> str:

@@ -112,7 +112,7 @@ def test_index_links_summary_and_studies_and_shows_failed_study(reports, study):
     failed = page.find(id=f"study-{FAILED_STUDY}")
     assert "bad" in failed["class"] and failed.find("a") is None
     assert failed.find("pre").get_text() == FAILED_STUDY_ERROR
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; co" in text
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; co" in text
     assert page.find("script") is None
 
 

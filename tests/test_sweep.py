@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis import study, sweep
+from analysis import store, study, sweep
 from analysis.config import TrainConfig
 from analysis.store import RunDir
 
@@ -130,7 +130,7 @@ def test_long_values_are_cut_in_messages():
 
 
 def test_list_studies_of_nothing(tmp_path):
-    studies = sweep.list_studies(tmp_path)
+    studies = store.list_studies(tmp_path)
     assert studies.empty
     assert {"study_id", "status", "error", "depth", "variants", "notebook", "run_ids"} <= set(studies.columns)
 
@@ -174,7 +174,7 @@ def test_failure_is_recorded_and_rerun_retries_only_it(tmp_path, capsys):
     assert [run["behaviour"] for run in executions(tmp_path)].count("ok") == 1
     assert [run["behaviour"] for run in executions(tmp_path)].count("raise") == 2
 
-    studies = sweep.list_studies(tmp_path).set_index("study_id")
+    studies = store.list_studies(tmp_path).set_index("study_id")
     assert studies.loc[ok.study_id, "status"] == "complete"
     assert studies.loc[bad.study_id, "error"] == "RuntimeError: asked to fail at depth 8"
     assert studies.loc[ok.study_id, "notebook"] == str(sweep.study_folder(tmp_path, ok.study_id) / FIXTURE.name)
@@ -302,7 +302,7 @@ def test_dask_sweep_through_scheduler_and_worker(tmp_path, dask_cluster):
     for key, value in TINY.items():
         argv += ["--set", f"{key}={value}"]
     assert main(argv) == 0
-    studies = sweep.list_studies(runs_dir)
+    studies = store.list_studies(runs_dir)
     assert sorted(studies["optimizer"]) == ["adam", "sgd"]
     assert list(studies["status"]) == ["complete", "complete"]
     assert list(studies["worker"]) == [worker, worker]
@@ -313,7 +313,7 @@ def test_dask_sweep_through_scheduler_and_worker(tmp_path, dask_cluster):
         assert RunDir(runs_dir, run_id).status() == "complete"
     # Run again: nothing left to do.
     assert main(argv) == 0
-    assert list(sweep.list_studies(runs_dir)["start_time"]) == list(studies["start_time"])
+    assert list(store.list_studies(runs_dir)["start_time"]) == list(studies["start_time"])
 
 
 def test_default_workers_split_the_cores():
@@ -405,7 +405,7 @@ def test_a_stopped_sweep_leaves_no_process_and_a_rerun_completes_only_what_is_mi
     wait_for(lambda: not any(alive(pid) for pid in children), timeout=30, what="the sweep's processes to end")
 
     waiting = sweep.study_folder(tmp_path, probe("wait").study_id)
-    row = sweep.list_studies(tmp_path).set_index("study_id").loc[probe("wait").study_id]
+    row = store.list_studies(tmp_path).set_index("study_id").loc[probe("wait").study_id]
     if sig == signal.SIGKILL:  # nothing ran after the kill: the record still says running, readers see why not
         assert record(tmp_path, probe("wait"))["status"] == "running"
         assert row["status"] == "interrupted" and "stopped before it finished" in row["error"]
