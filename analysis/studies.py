@@ -19,7 +19,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Mapping
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+from analysis.checks import shown
+NOTEBOOKS_DIR = Path(__file__).resolve().parent / "notebooks"
 
 
 @dataclass(frozen=True)
@@ -72,4 +73,4 @@ def kind(name: str) -> StudyKind:
     try:
         return KINDS[name]
     except KeyError:
-        raise ValueError(f"study: {name!r} is not one of {', '.join(map(repr, KINDS))}") from None
+        raise ValueError(f"study: {shown(name)} is not one of {', '.join(map(repr, KINDS))}") from None

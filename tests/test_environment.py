@@ -13,17 +13,26 @@ def _name(requirement: str) -> str:
 
 
 def test_environment_yml_matches_pyproject():
+    """Both install everything: the core, every extra and the test tools."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = project["dependencies"] + project["optional-dependencies"]["test"]
+    extras = project["optional-dependencies"]
+    wanted = project["dependencies"] + [r for name, reqs in extras.items() if name != "all" for r in reqs]
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     conda = [d for d in env["dependencies"] if isinstance(d, str)]
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert any(_name(d) == "python" for d in conda) and "pip" in conda
-    assert "-e .[test]" in pip
+    assert "-e .[all,test]" in pip
     listed = [p for p in pip if not p.startswith("-e")]
     assert sorted(listed) == sorted(wanted)
     python_floor = project["requires-python"].removeprefix(">=")
     assert f"python>={python_floor}" in conda
+
+
+def test_all_is_every_extra_but_test():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    others = [name for name in project["optional-dependencies"] if name not in ("all", "test")]
+    assert others == ["report", "data", "cluster", "integrations"]
+    assert project["optional-dependencies"]["all"] == [f"{project['name']}[{','.join(others)}]"]
 
 
 def test_torch_ranges_admit_the_installed_builds():
