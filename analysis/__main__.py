@@ -14,30 +14,31 @@ from __future__ import annotations
 import argparse
 import sys
 
-from analysis import default_study, report, sweep
 from analysis.checks import shown
+from analysis.extras import MissingExtra
 from analysis.locks import FolderBusy
 
-COMMANDS = {
-    "sweep": sweep,
-    "report": report,
-    "main": default_study,
-}
 USAGE_ERRORS = (ValueError, ConnectionError, FolderBusy, OSError)
 """What a command raises for input it cannot use; shown as one line, exit status 2."""
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        from analysis import default_study, report, sweep
+    except MissingExtra as exc:
+        print(f"python -m analysis: {exc}", file=sys.stderr)
+        return 2
+    commands_of = {"sweep": sweep, "report": report, "main": default_study}
     parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
-    for name, module in COMMANDS.items():
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(commands_of) + "}")
+    for name, module in commands_of.items():
         sub = commands.add_parser(name, help=module.__doc__.strip().splitlines()[0],
                                   description=module.__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(sub)
     args = parser.parse_args(argv)
     try:
-        return COMMANDS[args.command].run(args)
+        return commands_of[args.command].run(args)
     except sweep.SweepCancelled as exc:
         print(f"{args.command}: {exc}; unfinished points are recorded as cancelled", file=sys.stderr)
         return 128 + exc.signum

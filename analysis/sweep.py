@@ -51,6 +51,7 @@ import pandas as pd
 import yaml
 
 from analysis.checks import shown
+from analysis.extras import require
 from analysis.locks import FolderBusy, FolderLock, holder
 from analysis.store import (STUDIES_DIR, STUDY_FILE, atomic_write_json, is_complete, notebook_error, read_study,
                             study_folder, study_row, utc_now)
@@ -606,6 +607,7 @@ def _run_dask(points: Sequence[Point], *, scheduler: str, threads: int | None,
     Cancelling the sweep sets a Dask event that the running points poll: they stop
     their papermill processes and record ``cancelled``; queued tasks are dropped.
     """
+    require("distributed", "cluster", feature="--scheduler (a sweep on a Dask cluster)")
     from distributed import Client, Event, as_completed, wait as wait_all
 
     outcomes: dict[str, dict] = {}

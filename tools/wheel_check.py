@@ -5,7 +5,7 @@
 
 The wheel is built from a clean copy of the tree (the files git tracks or would
 track). Its metadata must list exactly the core requirements of pyproject.toml
-without an extra, every extra, the console script and the notebooks. Installed
+without an extra, every extra, the console script, the notebooks and the report templates. Installed
 into a new virtual environment that has no optional package, from a temporary
 folder (not the source tree), the package must import `analysis.hooks`, run the
 README's plain-loop example, find its notebooks, and name the extra to install
@@ -129,7 +129,9 @@ def check_metadata(wheel: Path, root: Path = ROOT) -> dict:
         "extras": sorted(fields.get_all("Provides-Extra") or []),
         "console_scripts": re.findall(r"^(\S+) = (\S+)$", entry_points.split("[console_scripts]")[-1], re.MULTILINE),
         "notebooks": sorted(n for n in names if n.startswith("analysis/notebooks/") and n.endswith(".ipynb")),
+        "templates": sorted(n for n in names if n.startswith("analysis/templates/")),
     }
+    wanted_templates = sorted(f"analysis/templates/{p.name}" for p in (root / "analysis" / "templates").glob("*.j2"))
     wanted_notebooks = sorted(f"analysis/notebooks/{p.name}" for p in (root / "notebooks").glob("*.ipynb"))
     problems = [
         f"{what}: {found[key]!r}, expected {expected!r}" for what, key, expected in [
@@ -138,6 +140,7 @@ def check_metadata(wheel: Path, root: Path = ROOT) -> dict:
             ("extras", "extras", sorted(project["optional-dependencies"])),
             ("console scripts", "console_scripts", [(SCRIPT, "analysis.__main__:main")]),
             ("notebooks", "notebooks", wanted_notebooks),
+            ("report templates", "templates", wanted_templates),
         ] if found[key] != expected
     ]
     if not wanted_notebooks:
