@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from analysis.hooks import statistics
+from analysis.hooks.statistics import Row
 from analysis.hooks.selection import Patterns, channel_layout, select
 from analysis.hooks.writer import SCHEMA, PartWriter, Rows, read_tables, to_frame
 
@@ -46,8 +47,6 @@ DEFAULT_EVERY = 25
 """Default cadence: a recorded step costs about 1.3-1.4 uninstrumented steps on a 2-core CPU,
 so one in 25 adds about 2-3% to a run (benchmarks/overhead.md)."""
 
-RAW_WIDTH = {"activation": 7, "activation_grad": 4, "param_grad": 3, "weight": 1, "update": 2,
-             "block": 3}
 NEEDS_OPTIMIZER = ("update", "global.lr")
 
 
@@ -140,14 +139,14 @@ class _Batch:
     """Rows of one kind waiting for the step's single transfer to the host.
 
     `raws` holds 1-D raw vectors (one row each) or 2-D (rows, width) blocks; `rows`
-    holds (site, call, param, *info) per row, in the same order.
+    holds a `Row` per row, in the same order.
     """
 
     __slots__ = ("raws", "rows")
 
     def __init__(self) -> None:
         self.raws: list[Tensor] = []
-        self.rows: list[tuple] = []
+        self.rows: list[Row] = []
 
 
 class _StepState:
@@ -157,7 +156,8 @@ class _StepState:
         self.recording = recording
         self.order: dict[_Site, int] = {}
         self.calls: dict[_Site, int] = {}
-        self.batches: dict[str, _Batch] = {kind: _Batch() for kind in RAW_WIDTH}
+        self.batches: dict[str, _Batch] = {name: _Batch() for name, kind in statistics.KINDS.items()
+                                           if kind.raw_width}
         self.activation = self.batches["activation"]
         self.outputs: dict[int, tuple[weakref.ref, int, int, Tensor]] = {}
         self.grad_targets: dict[int, tuple[weakref.ref, int, list[tuple[_Site, int]]]] = {}
@@ -430,7 +430,7 @@ class Monitor:
             raw = self._activation(state, out, channel_dim)
             channels = out.shape[channel_dim] if ndim else 1
             state.activation.raws.append(raw)
-            state.activation.rows.append((site, call, None, out.numel(), channels))
+            state.activation.rows.append(Row(site, call, None, out.numel(), channels))
         if self._want_block and site.block is not None:
             self._pair(state, site, call, out, statistics.sum_of_squares(out) if raw is None else raw[1])
         if self._want_grad and out.requires_grad and torch.is_grad_enabled():
@@ -468,9 +468,9 @@ class Monitor:
         node that produced it (later in-place ops make new nodes), or a tensor hook on a leaf."""
         entry = state.grad_targets.get(id(out))
         if entry is not None and entry[0]() is out and entry[1] == out._version:
-            entry[2].append((site, call, None, out.numel()))
+            entry[2].append(Row(site, call, None, out.numel()))
             return
-        targets = [(site, call, None, out.numel())]
+        targets = [Row(site, call, None, out.numel())]
         state.grad_targets[id(out)] = (weakref.ref(out), out._version, targets)
         node = out.grad_fn
         if node is None:
@@ -479,11 +479,11 @@ class Monitor:
             handle = node.register_prehook(partial(self._node_hook, state, targets, out.output_nr))
         state.tensor_handles.append(handle)
 
-    def _node_hook(self, state: _StepState, targets: list[tuple], index: int, grads: tuple) -> None:
+    def _node_hook(self, state: _StepState, targets: list[Row], index: int, grads: tuple) -> None:
         if grads[index] is not None:
             self._grad_hook(state, targets, grads[index])
 
-    def _grad_hook(self, state: _StepState, targets: list[tuple], grad: Tensor) -> None:
+    def _grad_hook(self, state: _StepState, targets: list[Row], grad: Tensor) -> None:
         if state is not self._state or not state.recording:
             return
         raw = statistics.activation_grad(grad)
@@ -509,7 +509,7 @@ class Monitor:
             raw = statistics.block(out, first_out, sumsq, first_sumsq)
         state.order.setdefault(block, len(state.order))
         state.batches["block"].raws.append(raw)
-        state.batches["block"].rows.append((block, call, None))
+        state.batches["block"].rows.append(Row(block, call, None))
 
     # -- parameters ------------------------------------------------------------
 
@@ -522,13 +522,13 @@ class Monitor:
             for group in _grouped(grads):
                 state.batches["param_grad"].raws.append(statistics.param_grad([grads[i] for i in group]))
                 state.batches["param_grad"].rows.extend(
-                    (with_grad[i].site, 0, with_grad[i].name, grads[i].numel()) for i in group)
+                    Row(with_grad[i].site, 0, with_grad[i].name, grads[i].numel()) for i in group)
         selected = [p for p in self._params if p.site is not None and p.param.numel()]
         if "weight" in self.wanted:
             tensors = [p.param for p in selected]
             for group in _grouped(tensors):
                 state.batches["weight"].raws.append(statistics.weight([tensors[i] for i in group]))
-                state.batches["weight"].rows.extend((selected[i].site, 0, selected[i].name) for i in group)
+                state.batches["weight"].rows.extend(Row(selected[i].site, 0, selected[i].name) for i in group)
         if self.optimizer is not None:
             if "update" in self.wanted:
                 in_optimizer = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
@@ -541,7 +541,7 @@ class Monitor:
     def _finish_update(self, state: _StepState) -> None:
         for params, before in state.before:
             state.batches["update"].raws.append(statistics.update(before, [p.param for p in params]))
-            state.batches["update"].rows.extend((p.site, 0, p.name) for p in params)
+            state.batches["update"].rows.extend(Row(p.site, 0, p.name) for p in params)
         state.before.clear()
 
     # -- finalisation ----------------------------------------------------------
@@ -551,7 +551,8 @@ class Monitor:
         self._finish_update(state)
         state.halves.clear()
         kinds = [kind for kind, batch in state.batches.items() if batch.raws]
-        blocks = [_joined(state.batches[kind].raws).reshape(-1, RAW_WIDTH[kind]) for kind in kinds]
+        blocks = [_joined(state.batches[kind].raws).reshape(-1, statistics.KINDS[kind].raw_width)
+                  for kind in kinds]
         grad_norm = None
         for kind, raw in zip(kinds, _to_host(blocks)):
             if kind == "param_grad":
@@ -563,21 +564,11 @@ class Monitor:
         if len(self._rows) >= self.flush_rows or time.monotonic() - self._flushed_at >= self.flush_seconds:
             self.flush()
 
-    def _emit(self, state: _StepState, kind: str, rows: list[tuple], raw: np.ndarray) -> None:
-        info = np.array([row[3:] for row in rows], dtype=np.float64)  # numel (and channels)
-        if kind == "activation":
-            values = statistics.finish_activation(raw, info[:, 0], info[:, 1])
-        elif kind == "activation_grad":
-            values = statistics.finish_activation_grad(raw, info[:, 0])
-        elif kind == "param_grad":
-            values = statistics.finish_param_grad(raw, info[:, 0])
-        elif kind == "update":
-            values = statistics.finish_update(raw)
-        elif kind == "block":
-            values = statistics.finish_block(raw)
-        else:
-            values = raw
-        keep = [i for i, row in enumerate(rows) if row[0] is not None]
+    def _emit(self, state: _StepState, kind: str, rows: list[Row], raw: np.ndarray) -> None:
+        numel = np.array([row.numel for row in rows], dtype=np.float64)
+        channels = np.array([row.channels for row in rows], dtype=np.float64)
+        values = statistics.KINDS[kind].finish(raw, numel, channels)
+        keep = [i for i, row in enumerate(rows) if row.site is not None]
         if len(keep) < len(rows):
             rows, values = [rows[i] for i in keep], values[keep]
         columns = self.wanted[kind]
@@ -601,7 +592,7 @@ class Monitor:
                               index=[-1] * n, call=[0] * n, kind=["global"] * n, stat=names,
                               value=values, param=params)
 
-    def _add_rows(self, state: _StepState, kind: str, rows: list[tuple], values: np.ndarray,
+    def _add_rows(self, state: _StepState, kind: str, rows: list[Row], values: np.ndarray,
                   columns: tuple[int, ...]) -> None:
         width = len(columns)
         n = len(rows) * width
@@ -610,14 +601,14 @@ class Monitor:
         order = state.order
         self._rows.extend(
             step=[self.current_step] * n,
-            module=[row[0].name for row in rows for _ in range(width)],
-            module_type=[row[0].type_name for row in rows for _ in range(width)],
-            index=[order.get(row[0], -1) for row in rows for _ in range(width)],
-            call=[row[1] for row in rows for _ in range(width)],
+            module=[row.site.name for row in rows for _ in range(width)],
+            module_type=[row.site.type_name for row in rows for _ in range(width)],
+            index=[order.get(row.site, -1) for row in rows for _ in range(width)],
+            call=[row.call for row in rows for _ in range(width)],
             kind=[kind] * n,
             stat=[statistics.STATS[kind][c] for c in columns] * len(rows),
             value=values.reshape(-1).tolist(),
-            param=[row[2] for row in rows for _ in range(width)],
+            param=[row.param for row in rows for _ in range(width)],
         )
 
     def flush(self) -> None:

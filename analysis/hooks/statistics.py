@@ -18,6 +18,8 @@ every time, since a check would cost a host synchronisation per tensor.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -30,16 +32,6 @@ WEIGHT = ("norm",)
 UPDATE = ("ratio",)
 GLOBAL = ("grad_norm", "lr")
 BLOCK = ("shortcut_norm", "branch_norm", "ratio", "cosine")
-
-STATS: dict[str, tuple[str, ...]] = {
-    "activation": ACTIVATION,
-    "activation_grad": ACTIVATION_GRAD,
-    "param_grad": PARAM_GRAD,
-    "weight": WEIGHT,
-    "update": UPDATE,
-    "global": GLOBAL,
-    "block": BLOCK,
-}
 
 # Per-channel nonzero counts are summed in float32 up to this many elements per channel (exact).
 _EXACT_FLOAT32_COUNT = 2**24
@@ -137,7 +129,7 @@ def activation_grad(g: Tensor) -> Tensor:
     return torch.stack([sumsq, low, high, nonfinite])
 
 
-def finish_activation_grad(raw: np.ndarray, numel: np.ndarray) -> np.ndarray:
+def finish_activation_grad(raw: np.ndarray, numel: np.ndarray, channels: np.ndarray) -> np.ndarray:
     """rms = sqrt(sum(g^2)/n); absmax = max(-min, max); nonfinite = #(not finite)."""
     sumsq, low, high, nonfinite = raw.T
     return np.stack([np.sqrt(sumsq / numel), np.maximum(-low, high), nonfinite], axis=1)
@@ -169,7 +161,7 @@ def param_grad(grads: list[Tensor]) -> Tensor:
     return torch.stack([norms, absmax, nonfinite], dim=1)
 
 
-def finish_param_grad(raw: np.ndarray, numel: np.ndarray) -> np.ndarray:
+def finish_param_grad(raw: np.ndarray, numel: np.ndarray, channels: np.ndarray) -> np.ndarray:
     """norm = ||g||; rms = ||g||/sqrt(n); absmax = max|g|; nonfinite = #(not finite)."""
     norm, absmax, nonfinite = raw.T
     return np.stack([norm, norm / np.sqrt(numel), absmax, nonfinite], axis=1)
@@ -178,6 +170,11 @@ def finish_param_grad(raw: np.ndarray, numel: np.ndarray) -> np.ndarray:
 def weight(params: list[Tensor]) -> Tensor:
     """Raw reductions of parameters of one device and dtype, a (P, 1) tensor: [norm]."""
     return _norms([p.detach() for p in params]).unsqueeze(1)
+
+
+def finish_weight(raw: np.ndarray, numel: np.ndarray, channels: np.ndarray) -> np.ndarray:
+    """norm = ||w||."""
+    return raw
 
 
 def snapshot(params: list[Tensor]) -> list[Tensor]:
@@ -195,7 +192,7 @@ def update(before: list[Tensor], after: list[Tensor]) -> Tensor:
     return torch.stack([_norms(before), weight_norms], dim=1)
 
 
-def finish_update(raw: np.ndarray) -> np.ndarray:
+def finish_update(raw: np.ndarray, numel: np.ndarray, channels: np.ndarray) -> np.ndarray:
     """ratio = ||w_after - w_before|| / ||w_before||."""
     delta, norm = raw.T
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -214,7 +211,7 @@ def block(branch: Tensor, shortcut: Tensor, branch_sumsq: Tensor, shortcut_sumsq
     return torch.stack([shortcut_sumsq, branch_sumsq, dot.to(shortcut_sumsq.dtype)])
 
 
-def finish_block(raw: np.ndarray) -> np.ndarray:
+def finish_block(raw: np.ndarray, numel: np.ndarray, channels: np.ndarray) -> np.ndarray:
     """norms = sqrt(squared norms); ratio = ||branch|| / ||shortcut||;
     cosine = <branch, shortcut> / (||branch|| ||shortcut||)."""
     shortcut_norm, branch_norm, dot = np.sqrt(raw[:, 0]), np.sqrt(raw[:, 1]), raw[:, 2]
@@ -227,3 +224,48 @@ def finish_block(raw: np.ndarray) -> np.ndarray:
 def global_grad_norm(param_grad_norms: np.ndarray) -> float:
     """grad_norm = sqrt(sum over all parameters with a gradient of ||g||^2)."""
     return float(np.sqrt(np.sum(np.square(param_grad_norms))))
+
+
+# -- the registry ----------------------------------------------------------------
+
+class Row(NamedTuple):
+    """One row of a kind, waiting in a recorded step: where it was measured and what its finish needs.
+
+    ``site`` is the monitor's record of the module (None for a parameter outside the
+    selection, which counts towards the global gradient norm only); ``numel`` and
+    ``channels`` are those of the measured tensor where the kind's finish uses them.
+    """
+
+    site: Any
+    call: int
+    param: str | None
+    numel: int = 0
+    channels: int = 0
+
+
+Finish = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of statistic: the statistics it publishes (columns of ``finish``'s result), the width of the
+    raw vector its device-side reduction returns per row, and ``finish(raw, numel, channels)``, which turns
+    the step's raw vectors (rows x raw_width, float64) into values (rows x len(stats))."""
+
+    stats: tuple[str, ...]
+    raw_width: int
+    finish: Finish | None
+
+
+KINDS: dict[str, Kind] = {
+    "activation": Kind(ACTIVATION, 7, finish_activation),
+    "activation_grad": Kind(ACTIVATION_GRAD, 4, finish_activation_grad),
+    "param_grad": Kind(PARAM_GRAD, 3, finish_param_grad),
+    "weight": Kind(WEIGHT, 1, finish_weight),
+    "update": Kind(UPDATE, 2, finish_update),
+    "global": Kind(GLOBAL, 0, None),  # from param_grad's raw norms and the optimizer's learning rates
+    "block": Kind(BLOCK, 3, finish_block),
+}
+"""Every kind the monitor records; a new statistic is its reduction, its finish and an entry here."""
+
+STATS: dict[str, tuple[str, ...]] = {name: kind.stats for name, kind in KINDS.items()}
