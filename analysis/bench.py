@@ -217,7 +217,7 @@ def _peak_in_child(key: str, device: torch.device, every: int | None) -> float:
     return json.loads(done.stdout.strip().splitlines()[-1])["peak"]
 
 
-def resolve_device(name: str) -> list[torch.device]:
+def devices_named(name: str) -> list[torch.device]:
     """'auto': the CPU, and CUDA too when present."""
     if name == "auto":
         return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--models must be from {', '.join(MODELS)} and --steps >= 1; "
                      f"got {args.models!r}, {args.steps}")
     load_before = os.getloadavg()[0]
-    results = overhead(models, resolve_device(args.device), args.steps)
+    results = overhead(models, devices_named(args.device), args.steps)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(markdown(results, args.steps, (load_before, os.getloadavg()[0])))
     print(f"wrote {args.out}")
