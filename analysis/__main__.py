@@ -18,8 +18,8 @@ from analysis.checks import shown
 from analysis.extras import MissingExtra
 from analysis.locks import FolderBusy
 
-USAGE_ERRORS = (ValueError, ConnectionError, FolderBusy, OSError)
-"""What a command raises for input it cannot use; shown as one line, exit status 2."""
+USAGE_ERRORS = (ValueError, ConnectionError, FolderBusy, OSError, MissingExtra)
+"""What a command raises for input it cannot use (or a feature whose extra is missing); one line, exit status 2."""
 
 
 def main(argv: list[str] | None = None) -> int:

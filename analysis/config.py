@@ -1,160 +1,147 @@
-"""One validated configuration object for a training run.
+"""One validated configuration object for a training run, and the one source of each setting.
 
-Every knob of a run lives in :class:`TrainConfig`. :meth:`TrainConfig.validate`
-checks every field before any work starts and raises :class:`ConfigError`
-naming the field and the allowed values. The run id is derived from the
-configuration, so the same configuration always maps to the same run folder.
+Every knob of a run is a field of :class:`TrainConfig`, declared with its
+default and its one-line help (:func:`setting`); :func:`settings` lists them,
+and the study notebooks' parameters, their cells and the docs derive from
+that list. :meth:`TrainConfig.validate` checks every field before any work
+starts and raises :class:`ConfigError` naming the field and the allowed
+values. The run id is derived from the configuration, so the same
+configuration always maps to the same run folder.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
+from analysis import checks
 from analysis.checks import shown
 from analysis.data import DATASETS
-from analysis.models import INITS, NORMS, SHORTCUTS, STEMS, describe_valid_depths, valid_depth
+from analysis.models import check_network
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-class ConfigError(ValueError):
-    """An invalid configuration value; the message names the field."""
+class ConfigError(checks.CheckError):
+    """An invalid configuration value; ``field`` names it and the message starts with it."""
 
-    def __init__(self, field_name: str, message: str):
-        self.field = field_name
-        super().__init__(f"{field_name}: {message}")
+
+def setting(default: Any, help: str, *, items: type | None = None) -> Any:
+    """A TrainConfig field with its default and one-line ``help`` (``items``: the item type of a list setting)."""
+    return dataclasses.field(default=default, metadata={"help": help, "items": items})
+
+
+class Setting(NamedTuple):
+    """One TrainConfig field as the notebooks show it: default (JSON-ready), help, item type of a list."""
+
+    default: Any
+    help: str
+    items: type | None
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a training run.
+    """Everything that defines a training run: the model, the data, the optimisation and the bookkeeping.
 
-    Model: ``depth``, ``residual``, ``shortcut`` (None: family default),
-    ``norm``, ``width`` (None: family default), ``stem`` (None: family
-    default), ``zero_init_residual``, ``init`` ('kaiming'; 'fixup' for residual
-    networks with norm='none'; 'skipinit' for residual networks; see
-    :func:`analysis.models.build_model`).
-    Data: ``dataset``, ``data_root``, ``image_size``, ``download``.
-    Optimisation: ``batch_size``, ``steps``, ``optimizer``, ``lr``,
-    ``momentum``, ``nesterov``, ``weight_decay``, ``betas`` (Adam/AdamW),
-    ``schedule`` ('constant', 'step' with ``milestones`` and ``gamma``,
-    'cosine' to ``min_lr``), ``warmup_steps`` (linear warmup from ``lr/warmup``
-    steps before the schedule starts).
-    Bookkeeping: ``seed``, ``device`` ('auto' picks cuda, then mps, else cpu),
-    ``val_every`` (validation cadence in steps; the last step is always
-    validated), ``val_batches`` (cap on validation batches, None for all),
-    ``stats_every`` (hook statistics cadence in steps; 0 disables them),
-    ``threads`` (torch CPU threads, None leaves torch's default).
+    Each field's default and meaning are declared with it; :func:`settings`
+    lists them. The model options are those of :func:`analysis.models.build_model`.
     """
 
-    depth: int = 20
-    residual: bool = True
-    shortcut: str | None = None
-    norm: str = "batch"
-    width: int | None = None
-    stem: str | None = None
-    zero_init_residual: bool = False
-    init: str = "kaiming"
-    dataset: str = "synthetic"
-    data_root: str | None = None
-    image_size: int = 32
-    download: bool = False
-    batch_size: int = 64
-    steps: int = 200
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    schedule: str = "cosine"
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.1
-    min_lr: float = 0.0
-    warmup_steps: int = 0
-    seed: int = 0
-    device: str = "auto"
-    val_every: int = 50
-    val_batches: int | None = None
-    stats_every: int = 10
-    threads: int | None = None
+    depth: int = setting(20, "weight layers: 18, 34, 50, 101, 152 (ImageNet family) or 6n+2 such as 20, 56, 110 "
+                             "(CIFAR family)")
+    residual: bool = setting(True, "shortcut connections; False builds the plain network with the same layers")
+    shortcut: str | None = setting(None, "'A' (zero-pad identity) or 'B' (1x1 projection) where shapes change; "
+                                         "None: family default")
+    norm: str = setting("batch", "'batch' (BatchNorm) or 'none'")
+    width: int | None = setting(None, "base width (channels of the first stage); None: the family default "
+                                      "(64 ImageNet, 16 CIFAR)")
+    stem: str | None = setting(None, "'cifar' (3x3 conv) or 'imagenet' (7x7 stride-2 conv + max-pool); None: the "
+                                     "family default")
+    zero_init_residual: bool = setting(False, "start each residual branch at zero (last BatchNorm gamma set to 0); "
+                                              "residual network only")
+    init: str = setting("kaiming", "'kaiming' (He normal, fan_out), 'fixup' (needs norm 'none') or 'skipinit'; "
+                                   "residual network only")
+    dataset: str = setting("synthetic", "'synthetic' (built in, no download), 'digits', 'mnist', 'cifar10', "
+                                        "'cifar100', 'imagefolder'")
+    data_root: str | None = setting(None, "folder of the dataset files (cifar: default 'data/'; imagefolder: "
+                                          "required)")
+    image_size: int = setting(32, "images are resized to image_size x image_size pixels")
+    download: bool = setting(False, "fetch CIFAR into data_root when it is missing")
+    batch_size: int = setting(64, "images per step")
+    steps: int = setting(200, "optimizer steps per network")
+    optimizer: str = setting("sgd", "'sgd', 'adam' or 'adamw'")
+    lr: float = setting(0.1, "peak learning rate")
+    momentum: float = setting(0.9, "SGD momentum")
+    nesterov: bool = setting(False, "Nesterov momentum (SGD only)")
+    weight_decay: float = setting(5e-4, "L2 weight decay")
+    betas: tuple[float, float] = setting((0.9, 0.999), "Adam/AdamW moment decay rates", items=float)
+    schedule: str = setting("cosine", "learning-rate schedule after warmup: 'constant', 'step' or 'cosine'")
+    milestones: tuple[int, ...] = setting((), "steps where the 'step' schedule multiplies the rate by gamma, "
+                                              "e.g. [100, 200]", items=int)
+    gamma: float = setting(0.1, "factor applied at each milestone of the 'step' schedule")
+    min_lr: float = setting(0.0, "learning rate that the 'cosine' schedule ends at")
+    warmup_steps: int = setting(0, "linear warmup steps before the schedule (fewer than steps)")
+    seed: int = setting(0, "seed of the data split, the initialisation and the batch order")
+    device: str = setting("auto", "'auto' (cuda, then mps, else cpu), 'cpu', 'cuda' or 'mps'")
+    val_every: int = setting(50, "validate every this many steps (and at the last step)")
+    val_batches: int | None = setting(None, "cap on validation batches per validation (None: the whole split)")
+    stats_every: int = setting(10, "record per-layer hook statistics every this many steps (0: none)")
+    threads: int | None = setting(None, "torch CPU threads (None: torch's default)")
 
     def __post_init__(self) -> None:
-        # JSON and YAML give lists; keep the frozen object hashable and canonical.
+        # JSON and YAML give lists, NumPy gives its own scalars: keep the frozen object hashable and
+        # canonical, so equal settings give equal run ids.
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _plain(getattr(self, f.name)))
         object.__setattr__(self, "milestones", tuple(self.milestones))
         object.__setattr__(self, "betas", tuple(self.betas))
 
     def validate(self) -> "TrainConfig":
         """Check every field; raise ConfigError naming the first bad one."""
-        _check_int(self, "depth", minimum=1)
-        if not valid_depth(self.depth):
-            raise ConfigError("depth", f"{shown(self.depth)} is not supported; valid depths: {describe_valid_depths()}")
-        _check_bool(self, "residual")
-        _check_choice(self, "shortcut", SHORTCUTS, optional=True)
-        _check_choice(self, "norm", NORMS)
-        if self.width is not None:
-            _check_int(self, "width", minimum=1)
-        _check_choice(self, "stem", STEMS, optional=True)
-        _check_bool(self, "zero_init_residual")
-        _check_choice(self, "init", INITS)
-        if self.zero_init_residual and self.init != "kaiming":
-            raise ConfigError("zero_init_residual", f"requires init='kaiming' (init={shown(self.init)} already zeroes each branch)")
-        if self.zero_init_residual and not self.residual:
-            raise ConfigError("zero_init_residual", "requires residual=True (it would zero every plain block)")
-        if self.zero_init_residual and self.norm == "none":
-            raise ConfigError("zero_init_residual", "requires norm='batch' (it zeroes the last batch-norm gamma)")
-        if self.init != "kaiming" and not self.residual:
-            raise ConfigError("init", f"{shown(self.init)} requires residual=True (plain networks allow only 'kaiming')")
-        if self.init == "fixup" and self.norm != "none":
-            raise ConfigError("init", "'fixup' requires norm='none' (with norm='batch' use 'kaiming' or 'skipinit')")
-        _check_choice(self, "dataset", DATASETS)
-        if self.data_root is not None and not isinstance(self.data_root, str):
-            raise ConfigError("data_root", f"must be a path string or None, got {shown(self.data_root)}")
-        _check_int(self, "image_size", minimum=8)
-        _check_bool(self, "download")
-        _check_int(self, "batch_size", minimum=1)
-        _check_int(self, "steps", minimum=1)
-        _check_choice(self, "optimizer", OPTIMIZERS)
-        _check_float(self, "lr", positive=True)
-        _check_float(self, "momentum", minimum=0.0, below=1.0)
-        _check_bool(self, "nesterov")
-        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
-            raise ConfigError("nesterov", "requires optimizer='sgd' and momentum > 0")
-        _check_float(self, "weight_decay", minimum=0.0)
-        if len(self.betas) != 2:
-            raise ConfigError("betas", f"must be two numbers in [0, 1), got {shown(self.betas)}")
-        for beta in self.betas:
-            if not _is_number(beta) or not 0.0 <= beta < 1.0:
+        with checks.raising(ConfigError):
+            check_network(self.depth, residual=self.residual, shortcut=self.shortcut, norm=self.norm,
+                          width=self.width, stem=self.stem, zero_init_residual=self.zero_init_residual,
+                          init=self.init)
+            checks.choice("dataset", self.dataset, DATASETS)
+            checks.path("data_root", self.data_root, optional=True)
+            checks.integer("image_size", self.image_size, minimum=8)
+            checks.boolean("download", self.download)
+            checks.integer("batch_size", self.batch_size, minimum=1)
+            checks.integer("steps", self.steps, minimum=1)
+            checks.choice("optimizer", self.optimizer, OPTIMIZERS)
+            checks.number("lr", self.lr, above=0)
+            checks.number("momentum", self.momentum, minimum=0.0, below=1.0)
+            checks.boolean("nesterov", self.nesterov)
+            if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+                raise ConfigError("nesterov", "requires optimizer='sgd' and momentum > 0")
+            checks.number("weight_decay", self.weight_decay, minimum=0.0)
+            if len(self.betas) != 2 or not all(checks.is_number(beta) and 0.0 <= beta < 1.0 for beta in self.betas):
                 raise ConfigError("betas", f"must be two numbers in [0, 1), got {shown(self.betas)}")
-        _check_choice(self, "schedule", SCHEDULES)
-        for milestone in self.milestones:
-            if not _is_int(milestone) or not 0 < milestone <= self.steps:
-                raise ConfigError("milestones", f"must be steps in 1..steps={self.steps}, got {shown(list(self.milestones))}")
-        if list(self.milestones) != sorted(set(self.milestones)):
-            raise ConfigError("milestones", f"must be strictly increasing, got {shown(list(self.milestones))}")
-        if self.schedule == "step" and not self.milestones:
-            raise ConfigError("milestones", "schedule='step' needs at least one milestone")
-        _check_float(self, "gamma", positive=True)
-        _check_float(self, "min_lr", minimum=0.0)
-        if self.min_lr > self.lr:
-            raise ConfigError("min_lr", f"must not exceed lr={self.lr}, got {self.min_lr}")
-        _check_int(self, "warmup_steps", minimum=0)
-        if self.warmup_steps >= self.steps:
-            raise ConfigError("warmup_steps", f"must be less than steps={self.steps}, got {self.warmup_steps}")
-        _check_int(self, "seed", minimum=0)
-        _check_choice(self, "device", DEVICES)
-        _check_int(self, "val_every", minimum=1)
-        if self.val_batches is not None:
-            _check_int(self, "val_batches", minimum=1)
-        _check_int(self, "stats_every", minimum=0)
-        if self.threads is not None:
-            _check_int(self, "threads", minimum=1)
+            checks.choice("schedule", self.schedule, SCHEDULES)
+            if not all(checks.is_integer(milestone) and 0 < milestone <= self.steps for milestone in self.milestones):
+                raise ConfigError("milestones", f"must be steps in 1..steps={self.steps}, "
+                                                f"got {shown(list(self.milestones))}")
+            if list(self.milestones) != sorted(set(self.milestones)):
+                raise ConfigError("milestones", f"must be strictly increasing, got {shown(list(self.milestones))}")
+            if self.schedule == "step" and not self.milestones:
+                raise ConfigError("milestones", "schedule='step' needs at least one milestone")
+            checks.number("gamma", self.gamma, above=0)
+            checks.number("min_lr", self.min_lr, minimum=0.0)
+            if self.min_lr > self.lr:
+                raise ConfigError("min_lr", f"must not exceed lr={self.lr}, got {self.min_lr}")
+            checks.integer("warmup_steps", self.warmup_steps, minimum=0)
+            if self.warmup_steps >= self.steps:
+                raise ConfigError("warmup_steps", f"must be less than steps={self.steps}, got {self.warmup_steps}")
+            checks.integer("seed", self.seed, minimum=0)
+            checks.choice("device", self.device, DEVICES)
+            checks.integer("val_every", self.val_every, minimum=1)
+            checks.integer("val_batches", self.val_batches, minimum=1, optional=True)
+            checks.integer("stats_every", self.stats_every, minimum=0)
+            checks.integer("threads", self.threads, minimum=1, optional=True)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -194,43 +181,15 @@ def config_fields() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def settings() -> dict[str, Setting]:
+    """Every TrainConfig field's default (JSON-ready: lists for tuples), help and list item type, in order."""
+    defaults = TrainConfig().to_dict()
+    return {f.name: Setting(defaults[f.name], f.metadata["help"], f.metadata["items"])
+            for f in dataclasses.fields(TrainConfig)}
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_int(config: TrainConfig, name: str, *, minimum: int) -> None:
-    value = getattr(config, name)
-    if not _is_int(value) or value < minimum:
-        raise ConfigError(name, f"must be an integer >= {minimum}, got {shown(value)}")
-
-
-def _check_float(config: TrainConfig, name: str, *, positive: bool = False,
-                 minimum: float | None = None, below: float | None = None) -> None:
-    value = getattr(config, name)
-    if not _is_number(value) or not math.isfinite(value):
-        raise ConfigError(name, f"must be a finite number, got {shown(value)}")
-    if positive and value <= 0:
-        raise ConfigError(name, f"must be > 0, got {shown(value)}")
-    if minimum is not None and value < minimum:
-        raise ConfigError(name, f"must be >= {minimum}, got {shown(value)}")
-    if below is not None and value >= below:
-        raise ConfigError(name, f"must be < {below}, got {shown(value)}")
-
-
-def _check_bool(config: TrainConfig, name: str) -> None:
-    value = getattr(config, name)
-    if not isinstance(value, bool):
-        raise ConfigError(name, f"must be True or False, got {shown(value)}")
-
-
-def _check_choice(config: TrainConfig, name: str, allowed: tuple[str, ...], *, optional: bool = False) -> None:
-    value = getattr(config, name)
-    if optional and value is None:
-        return
-    if value not in allowed:
-        options = ", ".join(repr(a) for a in allowed) + (", or None" if optional else "")
-        raise ConfigError(name, f"{shown(value)} is not one of {options}")
+def _plain(value: Any) -> Any:
+    """A NumPy integer or float as the Python number JSON writes; anything else unchanged."""
+    if checks.is_integer(value):
+        return int(value)
+    return float(value) if checks.is_number(value) else value

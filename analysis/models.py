@@ -19,7 +19,6 @@ the default), 'fixup' (Zhang et al. 2019, no normalization) or 'skipinit' (De & 
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,7 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from analysis import checks
 from analysis.checks import shown
+
 __all__ = [
     "IMAGENET_DEPTHS",
     "BasicBlock",
@@ -39,6 +40,7 @@ __all__ = [
     "Scale",
     "ZeroPadShortcut",
     "build_model",
+    "check_network",
     "describe_valid_depths",
     "summarize",
     "valid_depth",
@@ -117,9 +119,8 @@ class ZeroPadShortcut(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
         super().__init__()
         if out_channels < in_channels:
-            raise ValueError(
-                f"out_channels must be >= in_channels ({in_channels}) for a zero-pad shortcut; "
-                f"got {out_channels}"
+            raise checks.CheckError(
+                "out_channels", f"must be >= in_channels={in_channels} for a zero-pad shortcut, got {out_channels}"
             )
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -152,7 +153,6 @@ def _make_branch(convs: Sequence[nn.Conv2d], norm_layer: NormLayer, init: str) -
     'skipinit' appends alpha, a `Scale` initialised to 0, so `branch(x)` is already
     `alpha * f(x)`: what the block adds to its shortcut, as forward hooks on `branch` see it.
     """
-    _check_choice("init", init, INITS)
     fixup = init == "fixup"
     layers: list[nn.Module] = []
     for conv in convs[:-1]:
@@ -170,15 +170,16 @@ def _make_branch(convs: Sequence[nn.Conv2d], norm_layer: NormLayer, init: str) -
     return nn.Sequential(*layers)
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convolutions; `relu(branch(x) + shortcut(x))`, or `relu(branch(x))` when plain.
+class _Block(nn.Module):
+    """A block: `relu(branch(x) + shortcut(x))`, or `relu(branch(x))` in a plain network.
 
-    `init` ('kaiming', 'fixup', 'skipinit') sets the branch's layers (see `_make_branch`);
-    the weights themselves are initialised by `ResNet`.
+    Subclasses give the branch's convolutions (`_convs`). `init` ('kaiming', 'fixup',
+    'skipinit') sets the branch's layers (see `_make_branch`); the weights themselves are
+    initialised by `ResNet`. Options are taken as given: `build_model` checks them.
     """
 
-    expansion: int = 1
-    num_convs: int = 2
+    expansion: int
+    num_convs: int
 
     def __init__(
         self,
@@ -193,9 +194,7 @@ class BasicBlock(nn.Module):
     ) -> None:
         super().__init__()
         out_planes = planes * self.expansion
-        self.branch = _make_branch(
-            [conv3x3(in_planes, planes, stride), conv3x3(planes, out_planes)], norm_layer, init
-        )
+        self.branch = _make_branch(self._convs(in_planes, planes, out_planes, stride), norm_layer, init)
         self.shortcut = (
             _make_shortcut(in_planes, out_planes, stride, shortcut, norm_layer)
             if residual
@@ -209,66 +208,29 @@ class BasicBlock(nn.Module):
         return self.relu(self.branch(x) + self.shortcut(x))
 
 
-class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (carrying the stride, as in torchvision v1.5), 1x1 expand by 4.
+class BasicBlock(_Block):
+    """Two 3x3 convolutions."""
 
-    `init` ('kaiming', 'fixup', 'skipinit') sets the branch's layers (see `_make_branch`);
-    the weights themselves are initialised by `ResNet`.
-    """
+    expansion = 1
+    num_convs = 2
 
-    expansion: int = 4
-    num_convs: int = 3
+    @staticmethod
+    def _convs(in_planes: int, planes: int, out_planes: int, stride: int) -> list[nn.Conv2d]:
+        return [conv3x3(in_planes, planes, stride), conv3x3(planes, out_planes)]
 
-    def __init__(
-        self,
-        in_planes: int,
-        planes: int,
-        stride: int = 1,
-        *,
-        residual: bool = True,
-        shortcut: str = "B",
-        norm_layer: NormLayer = nn.BatchNorm2d,
-        init: str = "kaiming",
-    ) -> None:
-        super().__init__()
-        out_planes = planes * self.expansion
-        convs = [
-            conv1x1(in_planes, planes),
-            conv3x3(planes, planes, stride),
-            conv1x1(planes, out_planes),
-        ]
-        self.branch = _make_branch(convs, norm_layer, init)
-        self.shortcut = (
-            _make_shortcut(in_planes, out_planes, stride, shortcut, norm_layer)
-            if residual
-            else None
-        )
-        self.relu = nn.ReLU()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.shortcut is None:
-            return self.relu(self.branch(x))
-        return self.relu(self.branch(x) + self.shortcut(x))
+class Bottleneck(_Block):
+    """1x1 reduce, 3x3 (carrying the stride, as in torchvision v1.5), 1x1 expand by 4."""
+
+    expansion = 4
+    num_convs = 3
+
+    @staticmethod
+    def _convs(in_planes: int, planes: int, out_planes: int, stride: int) -> list[nn.Conv2d]:
+        return [conv1x1(in_planes, planes), conv3x3(planes, planes, stride), conv1x1(planes, out_planes)]
 
 
 Block = type[BasicBlock] | type[Bottleneck]
-
-
-def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        choices = ", ".join(repr(a) for a in allowed)
-        raise ValueError(f"{name} must be one of {choices}; got {shown(value)}")
-
-
-def _check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False; got {shown(value)}")
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer; got {shown(value)}")
-    return int(value)
 
 
 class ResNet(nn.Module):
@@ -279,7 +241,8 @@ class ResNet(nn.Module):
     ImageNet family, three the CIFAR family (`family`). `depth` counts the weight layers on
     the main path: stem conv, branch convs and the classifier. `init` is described in
     `build_model`; Fixup also puts a `Bias` in the stem's norm slot and one before the
-    classifier (`head_bias`, None otherwise).
+    classifier (`head_bias`, None otherwise). Options are taken as given: `build_model`
+    checks them.
     """
 
     def __init__(
@@ -298,42 +261,9 @@ class ResNet(nn.Module):
         init: str = "kaiming",
     ) -> None:
         super().__init__()
-        _check_bool("residual", residual)
-        _check_choice("shortcut", shortcut, SHORTCUTS)
-        _check_choice("norm", norm, NORMS)
-        _check_choice("stem", stem, STEMS)
-        num_classes = _check_positive_int("num_classes", num_classes)
-        in_channels = _check_positive_int("in_channels", in_channels)
-        _check_bool("zero_init_residual", zero_init_residual)
-        _check_choice("init", init, INITS)
-        if zero_init_residual and init != "kaiming":
-            raise ValueError(
-                f"zero_init_residual=True needs init='kaiming': init={shown(init)} already starts "
-                "every residual branch at zero"
-            )
-        if zero_init_residual and not residual:
-            raise ValueError(
-                "zero_init_residual=True needs residual=True: zeroing the last norm of each "
-                "branch of a plain network would zero the signal"
-            )
-        if zero_init_residual and norm != "batch":
-            raise ValueError(
-                "zero_init_residual=True needs norm='batch': it zeroes the last BatchNorm weight "
-                f"of each branch; got norm={shown(norm)}"
-            )
-        if init != "kaiming" and not residual:
-            raise ValueError(
-                f"init={shown(init)} needs residual=True: it acts on residual branches, which a plain "
-                "network has none of; plain networks allow only init='kaiming'"
-            )
-        if init == "fixup" and norm != "none":
-            raise ValueError(
-                f"init='fixup' needs norm='none': Fixup replaces normalization; got norm={shown(norm)} "
-                "(with norm='batch' use init='kaiming' or 'skipinit')"
-            )
         if len(layers) != len(widths) or not layers:
-            raise ValueError(
-                f"layers and widths must be non-empty and of equal length; got {layers}, {widths}"
+            raise checks.CheckError(
+                "layers", f"must be non-empty and as long as widths={widths}, got {layers}"
             )
 
         self.depth = block.num_convs * sum(layers) + 2
@@ -416,7 +346,7 @@ class ResNet(nn.Module):
 
 def valid_depth(depth: Any) -> bool:
     """True for an ImageNet depth (18, 34, 50, 101, 152) or a CIFAR depth 6n+2 with n >= 1."""
-    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral):
+    if not checks.is_integer(depth):
         return False
     return depth in IMAGENET_DEPTHS or (depth >= 8 and (depth - 2) % 6 == 0)
 
@@ -424,6 +354,46 @@ def valid_depth(depth: Any) -> bool:
 def describe_valid_depths() -> str:
     """Human-readable list of valid depths, for error messages."""
     return "18, 34, 50, 101, 152, or 6n+2 (8, 14, 20, 32, 44, 56, 110, 1202, ...)"
+
+
+def check_network(
+    depth: Any,
+    *,
+    residual: Any,
+    shortcut: Any,
+    norm: Any,
+    width: Any,
+    stem: Any,
+    zero_init_residual: Any,
+    init: Any,
+) -> None:
+    """Check the network options of `build_model` (and `TrainConfig`), each and together.
+
+    Raises `analysis.checks.CheckError` naming the first bad option: the valid depths, the
+    allowed values, or the combination an option needs.
+    """
+    if not valid_depth(depth):
+        if not checks.is_integer(depth):
+            raise checks.CheckError("depth", f"must be an integer, one of {describe_valid_depths()}, got {shown(depth)}")
+        raise checks.CheckError("depth", f"{shown(depth)} is not supported; valid depths: {describe_valid_depths()}")
+    checks.boolean("residual", residual)
+    checks.choice("shortcut", shortcut, SHORTCUTS, optional=True)
+    checks.choice("norm", norm, NORMS)
+    checks.integer("width", width, minimum=1, optional=True)
+    checks.choice("stem", stem, STEMS, optional=True)
+    checks.boolean("zero_init_residual", zero_init_residual)
+    checks.choice("init", init, INITS)
+    if zero_init_residual and init != "kaiming":
+        raise checks.CheckError("zero_init_residual",
+                                f"requires init='kaiming' (init={shown(init)} already zeroes each branch)")
+    if zero_init_residual and not residual:
+        raise checks.CheckError("zero_init_residual", "requires residual=True (it would zero every plain block)")
+    if zero_init_residual and norm == "none":
+        raise checks.CheckError("zero_init_residual", "requires norm='batch' (it zeroes the last batch-norm gamma)")
+    if init != "kaiming" and not residual:
+        raise checks.CheckError("init", f"{shown(init)} requires residual=True (plain networks allow only 'kaiming')")
+    if init == "fixup" and norm != "none":
+        raise checks.CheckError("init", "'fixup' requires norm='none' (with norm='batch' use 'kaiming' or 'skipinit')")
 
 
 def build_model(
@@ -498,17 +468,14 @@ def build_model(
 
     Raises:
         ValueError: an invalid depth (message lists the valid ones) or option value
-            (message names the argument and its allowed values).
+            (message names the argument and its allowed values), see `check_network`.
     """
-    if not valid_depth(depth):
-        raise ValueError(f"depth must be {describe_valid_depths()}; got {shown(depth)}")
+    check_network(depth, residual=residual, shortcut=shortcut, norm=norm, width=width, stem=stem,
+                  zero_init_residual=zero_init_residual, init=init)
+    num_classes = checks.integer("num_classes", num_classes, minimum=1)
+    in_channels = checks.integer("in_channels", in_channels, minimum=1)
     depth = int(depth)
-    if shortcut is not None:
-        _check_choice("shortcut", shortcut, SHORTCUTS)
-    if stem is not None:
-        _check_choice("stem", stem, STEMS)
-    if width is not None:
-        width = _check_positive_int("width", width)
+    width = None if width is None else int(width)
 
     block: Block
     if depth in IMAGENET_DEPTHS:

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from analysis import gradient_flow
+from analysis.checks import is_number
 from analysis.frames import (BLOCK_RATIO, FINAL_COLUMNS, TRAIN_WINDOW, block_rows, final_metrics, relu_layers,
                              spread, to_json_value, weight_layers, UPDATE_RATIO)
 
@@ -141,6 +142,6 @@ def _sort_key(value: Any) -> tuple:
     """Numbers by value, then everything else as text (None first)."""
     if value is None:
         return (0, 0, "")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if is_number(value):
         return (1, value, "")
     return (2, 0, str(value))

@@ -2,8 +2,10 @@
 
 ``notebooks/depth_study.ipynb`` is a thin layer over this module.
 :data:`PARAMETERS` lists every notebook parameter with its default and a
-one-line description; :func:`validate_parameters` turns the notebook's globals
-into a checked :class:`StudyParams` (or raises a one-line
+one-line description: every :class:`~analysis.config.TrainConfig` field with its
+help, at the study's defaults (:data:`STUDY_DEFAULTS` says where and why they
+differ from TrainConfig's). :func:`validate_parameters` turns the notebook's
+globals into a checked :class:`StudyParams` (or raises a one-line
 :class:`ParameterError`); :func:`configs_for` gives the training configs (and
 so the run folders) of a study without running it; :func:`run_study` trains
 them and :func:`load_study` reads finished runs back as tidy frames with
@@ -11,7 +13,6 @@ them and :func:`load_study` reads finished runs back as tidy frames with
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,94 +20,67 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from analysis.checks import shown
-from analysis.config import ConfigError, TrainConfig, config_fields
+from analysis import checks
+from analysis.config import TrainConfig, config_fields
 from analysis.memory import check_training_memory
-from analysis.parameters import ParameterError, defaults, folder_path, optional_path, read_parameters
+from analysis.parameters import (ParameterError, defaults, read_parameters, training_parameters, training_settings,
+                                 with_defaults)
 from analysis.frames import ACTIVATION_STD, NORM_TYPES, layer_rows, setting_columns, variant_of, variants_in
 from analysis.store import RunDir
 
 VARIANTS = ("both", "residual", "plain")
 """Values of the ``variants`` parameter."""
 
-PARAMETERS: dict[str, tuple[Any, str]] = {
-    "depth": (50, "weight layers: 18, 34, 50, 101, 152 (ImageNet family) or 6n+2 such as 20, 56, 110 (CIFAR family)"),
+STUDY_DEFAULTS: dict[str, tuple[Any, str]] = {
+    "depth": (50, "deep enough for the plain network to train worse than the residual one (He et al. 2015 saw "
+                  "plain networks degrade from 34 layers); TrainConfig's 20 is a quick single run"),
+    "width": (8, "narrow, so each network trains in a few minutes per seed on a 2-core CPU"),
+    "stem": ("cifar", "depth 50 is of the ImageNet family, whose stem would shrink the 32x32 images 4x before "
+                      "the first stage"),
+    "batch_size": (32, "half TrainConfig's, for a few minutes per network and seed on a 2-core CPU"),
+    "steps": (300, "a few minutes per network and seed on a 2-core CPU"),
+    "lr": (0.05, "TrainConfig's 0.1 at batch 64, scaled to batch 32 (linear scaling, Goyal et al. 2017)"),
+    "warmup_steps": (30, "a tenth of the steps: deep networks start at a small rate (He et al. 2015 warmed "
+                         "ResNet-110 up)"),
+    "threads": (1, "sweeps run several notebooks at once; 1 avoids thread contention on a small or shared CPU"),
+}
+"""The depth study's defaults where they differ from TrainConfig's: name -> (default, why)."""
+
+STUDY_CONFIG = with_defaults(TrainConfig(), STUDY_DEFAULTS)
+"""TrainConfig at the depth study's defaults."""
+
+# TrainConfig fields each run sets itself -> the study parameter that sets them (listed in their place).
+_PER_RUN = {"residual": "variants", "seed": "seeds"}
+_OWN: dict[str, tuple[Any, str]] = {
     "variants": ("both", "which networks to train: 'both', 'residual' or 'plain'"),
-    "dataset": ("synthetic", "'synthetic' (built in, no download), 'digits', 'mnist', 'cifar10', 'cifar100', 'imagefolder'"),
-    "data_root": (None, "folder of the dataset files (cifar: default 'data/'; imagefolder: required)"),
-    "download": (False, "fetch CIFAR into data_root when it is missing"),
-    "image_size": (32, "images are resized to image_size x image_size pixels"),
-    "steps": (300, "optimizer steps per network"),
-    "batch_size": (32, "images per step"),
-    "optimizer": ("sgd", "'sgd', 'adam' or 'adamw'"),
-    "lr": (0.05, "peak learning rate"),
-    "momentum": (0.9, "SGD momentum"),
-    "nesterov": (False, "Nesterov momentum (SGD only)"),
-    "weight_decay": (5e-4, "L2 weight decay"),
-    "betas": ([0.9, 0.999], "Adam/AdamW moment decay rates"),
-    "schedule": ("cosine", "learning-rate schedule after warmup: 'constant', 'step' or 'cosine'"),
-    "milestones": ([], "steps where the 'step' schedule multiplies the rate by gamma, e.g. [100, 200]"),
-    "gamma": (0.1, "factor applied at each milestone of the 'step' schedule"),
-    "min_lr": (0.0, "learning rate that the 'cosine' schedule ends at"),
-    "warmup_steps": (30, "linear warmup steps before the schedule (fewer than steps)"),
-    "norm": ("batch", "'batch' (BatchNorm) or 'none'"),
-    "width": (8, "base width (channels of the first stage); None: the family default (64 ImageNet, 16 CIFAR)"),
-    "stem": ("cifar", "'cifar' (3x3 conv) or 'imagenet' (7x7 stride-2 conv + max-pool); None: the family default"),
-    "shortcut": (None, "'A' (zero-pad identity) or 'B' (1x1 projection) where shapes change; None: family default"),
-    "zero_init_residual": (False, "start each residual branch at zero (last BatchNorm gamma set to 0); residual network only"),
-    "init": ("kaiming", "'kaiming' (He normal, fan_out), 'fixup' (needs norm 'none') or 'skipinit'; residual network only"),
-    "seeds": ([0, 1, 2], "seeds (one int or a list): each variant is trained once per seed (data split, init, batch order)"),
-    "device": ("auto", "'auto' (cuda, then mps, else cpu), 'cpu', 'cuda' or 'mps'"),
-    "stats_every": (10, "record per-layer hook statistics every this many steps (0: none)"),
-    "val_every": (50, "validate every this many steps (and at the last step)"),
-    "val_batches": (None, "cap on validation batches per validation (None: the whole split)"),
+    "seeds": ([0, 1, 2], "seeds (one int or a list): each variant is trained once per seed (data split, init, "
+                         "batch order)"),
     "runs_dir": ("runs", "folder of the run folders; finished runs found there are reused, not retrained"),
     "findings_path": (None, "file to write the findings to as JSON (None: not written; sweeps set it)"),
-    "threads": (1, "torch CPU threads (None: torch's default; 1 avoids thread contention on a small or shared CPU)"),
+}
+
+PARAMETERS: dict[str, tuple[Any, str]] = {
+    **{_PER_RUN.get(name, name): _OWN[_PER_RUN[name]] if name in _PER_RUN else parameter
+       for name, parameter in training_parameters(STUDY_CONFIG, config_fields()).items()},
+    "runs_dir": _OWN["runs_dir"],
+    "findings_path": _OWN["findings_path"],
 }
 """Notebook parameters in order: name -> (default, one-line description)."""
 
-# Parameters that map to a TrainConfig field of another name or to none.
-_STUDY_ONLY = ("variants", "runs_dir", "seeds", "findings_path")
-# TrainConfig field -> the notebook parameter that sets it.
-_FIELD_TO_PARAMETER = {"residual": "variants", "seed": "seeds"}
+
 @dataclass(frozen=True)
 class StudyParams:
-    """Validated notebook parameters (see :data:`PARAMETERS` for their meaning)."""
+    """Validated notebook parameters (see :data:`PARAMETERS` for their meaning).
 
-    depth: int = 50
-    variants: str = "both"
-    dataset: str = "synthetic"
-    data_root: str | None = None
-    download: bool = False
-    image_size: int = 32
-    steps: int = 300
-    batch_size: int = 32
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    schedule: str = "cosine"
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.1
-    min_lr: float = 0.0
-    warmup_steps: int = 30
-    norm: str = "batch"
-    width: int | None = 8
-    stem: str | None = "cifar"
-    shortcut: str | None = None
-    zero_init_residual: bool = False
-    init: str = "kaiming"
-    seeds: tuple[int, ...] = (0, 1, 2)
-    device: str = "auto"
-    stats_every: int = 10
-    val_every: int = 50
-    val_batches: int | None = None
-    runs_dir: str = "runs"
-    findings_path: str | None = None
-    threads: int | None = 1
+    ``config`` holds the training settings every run shares; each run sets
+    ``residual`` by its variant and ``seed`` from ``seeds`` (:func:`configs_for`).
+    """
+
+    config: TrainConfig
+    variants: str
+    seeds: tuple[int, ...]
+    runs_dir: str
+    findings_path: str | None
 
     @property
     def variant_names(self) -> tuple[str, ...]:
@@ -114,12 +88,10 @@ class StudyParams:
         return ("residual", "plain") if self.variants == "both" else (self.variants,)
 
     def to_dict(self) -> dict[str, Any]:
-        """Every parameter, JSON-ready."""
-        data = dataclasses.asdict(self)
-        data["milestones"] = list(self.milestones)
-        data["betas"] = list(self.betas)
-        data["seeds"] = list(self.seeds)
-        return data
+        """Every parameter, JSON-ready, in the order of :data:`PARAMETERS`."""
+        values = {**self.config.to_dict(), "variants": self.variants, "seeds": list(self.seeds),
+                  "runs_dir": self.runs_dir, "findings_path": self.findings_path}
+        return {name: values[name] for name in PARAMETERS}
 
 
 def parameter_defaults() -> dict[str, Any]:
@@ -131,32 +103,20 @@ def validate_parameters(namespace: Mapping[str, Any]) -> StudyParams:
     """Check the notebook's parameters (its ``globals()``) before anything runs.
 
     Unknown names are errors (:func:`analysis.parameters.read_parameters`);
-    missing parameters take their defaults. Values are checked by
-    :meth:`TrainConfig.validate` for every variant, and a
-    :class:`~analysis.config.ConfigError` is reported under the parameter's name.
+    missing parameters take their defaults. The training settings are checked
+    by :meth:`TrainConfig.validate` as the residual network's (a plain
+    network's runs only drop what it has no branches for, see
+    :func:`configs_for`); every error is a one-line ParameterError naming the
+    parameter.
     """
     values = read_parameters(namespace, PARAMETERS)
-    for name, (default, _) in PARAMETERS.items():
-        value = values[name]
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            values[name] = float(value)
-        if isinstance(default, bool) and not isinstance(value, bool):
-            raise ParameterError(name, f"must be True or False, got {shown(value)}")
-    values["milestones"] = _sequence("milestones", values["milestones"], int, "a list of steps such as [100, 200]")
-    values["betas"] = _sequence("betas", values["betas"], float, "two numbers in [0, 1) such as [0.9, 0.999]")
-    values["seeds"] = _seeds(values["seeds"])
-    if values["variants"] not in VARIANTS:
-        raise ParameterError("variants", f"{shown(values['variants'])} is not one of {', '.join(map(repr, VARIANTS))}")
-    folder_path("runs_dir", values["runs_dir"])
-    optional_path("findings_path", values["findings_path"])
-    params = StudyParams(**values)
-    try:
-        for config in configs_for(params):
-            config.validate()
-    except ConfigError as exc:
-        name = _FIELD_TO_PARAMETER.get(exc.field, exc.field)
-        raise ParameterError(name, str(exc).removeprefix(f"{exc.field}: ")) from None
-    return params
+    with checks.raising(ParameterError):
+        return StudyParams(
+            config=TrainConfig(**training_settings(values)).validate(),
+            variants=checks.choice("variants", values["variants"], VARIANTS),
+            seeds=checks.integers("seeds", values["seeds"], minimum=0, distinct=True),
+            runs_dir=checks.path("runs_dir", values["runs_dir"], kind="folder path"),
+            findings_path=checks.path("findings_path", values["findings_path"], kind="file path", optional=True))
 
 
 def check_memory(params: StudyParams) -> None:
@@ -168,45 +128,18 @@ def check_memory(params: StudyParams) -> None:
     with the estimate and the limit (:func:`analysis.memory.check_training_memory`).
     """
     configs = configs_for(params)
-    try:
+    with checks.raising(ParameterError):
         for variant in params.variant_names:  # the seeds of a variant share its shapes
             check_training_memory(next(c for c in configs if c.residual == (variant == "residual")))
-    except ConfigError as exc:
-        raise ParameterError(exc.field, str(exc).removeprefix(f"{exc.field}: ")) from None
-
-
-def _sequence(name: str, value: Any, kind: type, expected: str) -> tuple:
-    """A list or tuple of numbers, or the string papermill's ``-p`` gives ('1,2' or '[1, 2]')."""
-    if isinstance(value, str):
-        try:
-            return tuple(kind(part) for part in value.strip().strip("[]()").split(",") if part.strip())
-        except ValueError:
-            pass
-    elif value is None:
-        return ()
-    elif isinstance(value, (list, tuple)) and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or isinstance(v, int))
-            for v in value):
-        return tuple(kind(v) for v in value)
-    raise ParameterError(name, f"must be {expected}, got {shown(value)}")
-
-
-def _seeds(value: Any) -> tuple[int, ...]:
-    """One seed or a list of distinct seeds."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value]
-    seeds = _sequence("seeds", value, int, "one int or a list of distinct ints such as [0, 1, 2]")
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ParameterError("seeds", f"must be one int or a list of distinct ints such as [0, 1, 2], got {shown(value)}")
-    return seeds
 
 
 def configs_for(params: StudyParams) -> list[TrainConfig]:
-    """The training config of each variant and seed, residual first (run ids follow from them)."""
-    shared = {name: getattr(params, name) for name in PARAMETERS if name not in _STUDY_ONLY}
+    """The training config of each variant and seed, residual first (run ids follow from them).
+
+    A plain network has no residual branches, so its runs start them neither at zero nor by Fixup or SkipInit.
+    """
     plain = {"zero_init_residual": False, "init": "kaiming"}
-    return [TrainConfig(**{**shared, "residual": variant == "residual", "seed": seed,
-                           **(plain if variant == "plain" else {})})
+    return [params.config.replace(residual=variant == "residual", seed=seed, **(plain if variant == "plain" else {}))
             for variant in params.variant_names for seed in params.seeds]
 
 
@@ -294,7 +227,7 @@ def load_study(runs_dir: str | Path, run_ids: list[str] | tuple[str, ...]) -> St
         if run_dir.model_path.exists():
             responses.append(_tag(layer_responses(runs_dir, run_id), tag))
     if not rows:
-        raise ValueError("run_ids: name at least one run")
+        raise checks.CheckError("run_ids", "must name at least one run, got none")
     return StudyResult(runs_dir, pd.DataFrame(rows), records, pd.concat(metrics, ignore_index=True),
                        pd.concat(stats, ignore_index=True) if stats else _tag(_empty_stats(), _NO_TAG),
                        pd.concat(responses, ignore_index=True) if responses

@@ -4,28 +4,23 @@ import shutil
 
 import pytest
 
-from analysis import report, sweep
+from analysis import report
 
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--no-first-run"]
-STUDY_SETTINGS = {"steps": [4], "width": [4], "batch_size": [8], "val_every": [2], "val_batches": [1],
-                  "stats_every": [2], "warmup_steps": [0], "device": ["cpu"], "seeds": [0]}
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium to drive (install it with `make browser`, "
                                                           "or point CHROMIUM at a Chromium binary)")
 
 
 @pytest.fixture(scope="module")
-def reports(tmp_path_factory):
-    """One real sweep point (the depth-study notebook at depth 8, tiny) compiled into reports."""
-    runs_dir = tmp_path_factory.mktemp("runs")
-    results = sweep.run_sweep(sweep.expand_grid([8], ["both"], STUDY_SETTINGS), runs_dir=runs_dir, workers=1,
-                              threads=1, progress=False)
-    assert list(results["status"]) == ["complete"], results["error"].tolist()
+def reports(tiny_sweep, tmp_path_factory):
+    """The shared sweep point (the depth-study notebook at depth 8, tiny) compiled into reports."""
+    runs_dir, study_id = tiny_sweep
     out = tmp_path_factory.mktemp("reports")
     report.build_reports(runs_dir, out)
-    return out, results["study_id"].iloc[0]
+    return out, study_id
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +71,7 @@ def test_a_tampered_notebook_runs_no_script(browser, tmp_path):
     """Scripts, handlers, javascript: links and JavaScript outputs of a foreign notebook stay inert in the page."""
     import nbformat
 
-    from tests.tampered import tampered_notebook
+    from tampered import tampered_notebook
 
     notebook = tmp_path / "tampered.ipynb"
     nbformat.write(tampered_notebook(), notebook)

@@ -1,8 +1,10 @@
 import math
 
+import numpy as np
 import pytest
 
-from analysis.config import ConfigError, TrainConfig, config_fields
+from analysis.checks import CheckError
+from analysis.config import ConfigError, TrainConfig, config_fields, settings
 
 
 def test_defaults_validate_and_round_trip():
@@ -114,3 +116,28 @@ def test_init_defaults_to_kaiming_and_allows_fixup_and_skipinit():
         TrainConfig(init="fixup").validate()
     with pytest.raises(ConfigError, match="residual=True"):
         TrainConfig(init="skipinit", residual=False).validate()
+
+
+def test_every_field_declares_its_default_and_one_line_help():
+    fields = settings()
+    assert list(fields) == list(config_fields())
+    assert fields["lr"] == (0.1, "peak learning rate", None)
+    assert fields["betas"] == ([0.9, 0.999], "Adam/AdamW moment decay rates", float)
+    assert fields["milestones"].default == [] and fields["milestones"].items is int
+    assert {name: field.default for name, field in fields.items()} == TrainConfig().to_dict()
+    for name, field in fields.items():
+        assert field.help and "\n" not in field.help and field.help == field.help.strip(), name
+
+
+def test_numpy_numbers_are_kept_as_python_numbers():
+    config = TrainConfig(depth=np.int64(20), lr=np.float32(0.5), steps=np.int32(100)).validate()
+    assert (type(config.depth), type(config.lr), type(config.steps)) == (int, float, int)
+    assert config.run_id() == TrainConfig(depth=20, lr=0.5, steps=100).run_id()
+
+
+def test_errors_are_check_errors_with_the_field():
+    with pytest.raises(CheckError) as info:
+        TrainConfig(optimizer="rmsprop").validate()
+    assert type(info.value) is ConfigError
+    assert (info.value.field, info.value.reason) == ("optimizer", "'rmsprop' is not one of 'sgd', 'adam', 'adamw'")
+    assert str(info.value) == "optimizer: 'rmsprop' is not one of 'sgd', 'adam', 'adamw'"

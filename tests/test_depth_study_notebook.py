@@ -8,10 +8,10 @@ import pytest
 from papermill.exceptions import PapermillExecutionError
 
 from analysis.store import run_dirs
+from conftest import TINY_STUDY
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "depth_study.ipynb"
-TINY = dict(depth=8, width=4, steps=6, batch_size=8, stats_every=2, val_every=3, val_batches=1,
-            warmup_steps=0, device="cpu", seeds=[0, 1])
+TINY = {**TINY_STUDY, "depth": 8, "steps": 6, "val_every": 3, "seeds": [0, 1]}
 FIGURES = 6
 
 

@@ -138,7 +138,7 @@ def test_error_rate_counts_wrong_predictions_and_keeps_the_mode():
 
 
 def test_bad_block_index_names_the_range():
-    with pytest.raises(ValueError, match=r"block_index must be an integer in 0\.\.5; got 6"):
+    with pytest.raises(ValueError, match=r"^block_index: must be an integer in 0\.\.5, got 6$"):
         with lesion.lesion(_model(14), 6):
             pass
 
@@ -192,9 +192,11 @@ def test_numbers_of_a_network_with_nothing_deletable_are_null():
 def test_parameters_mirror_the_depth_study_and_share_its_runs():
     defaults = lesion.parameter_defaults()
     assert defaults["depth"] == 20 and defaults["seeds"] == [0, 1, 2] and defaults["findings_path"] is None
-    study_defaults = study.parameter_defaults()
-    shared = [name for name in defaults if name not in ("depth", "findings_path")]
-    assert "variants" not in defaults and all(defaults[name] == study_defaults[name] for name in shared)
+    assert list(lesion.LESION_DEFAULTS) == ["depth"] and lesion.LESION_DEFAULTS["depth"][0] == 20
+    assert list(lesion.PARAMETERS) == [name for name in study.PARAMETERS if name != "variants"]
+    shared = [name for name in lesion.PARAMETERS if name not in ("depth", "findings_path")]
+    assert all(lesion.PARAMETERS[name] == study.PARAMETERS[name] for name in shared)
+    assert lesion.PARAMETERS["depth"][1] == study.PARAMETERS["depth"][1]
     params = lesion.validate_parameters({"steps": 5, "warmup_steps": 0, "seeds": 1, "threads": 1})
     depth_study = study.validate_parameters({"depth": 20, "steps": 5, "warmup_steps": 0, "seeds": [1]})
     assert lesion.run_ids_for(params) == study.run_ids_for(depth_study)
@@ -207,7 +209,7 @@ def test_parameters_mirror_the_depth_study_and_share_its_runs():
     ({"dpeth": 20}, "dpeth: unknown parameter (did you mean 'depth'?)"),
     ({"variants": "plain"}, "variants: unknown parameter"),
     ({"depth": 21}, "depth: 21 is not supported"),
-    ({"seeds": [0, 0]}, "seeds: must be one int or a list of distinct ints"),
+    ({"seeds": [0, 0]}, "seeds: must be an integer or a non-empty list of distinct integers >= 0, got [0, 0]"),
     ({"findings_path": 3}, "findings_path: must be a file path string or None, got 3"),
 ])
 def test_bad_parameters_raise_one_line_errors_naming_them(namespace, message):

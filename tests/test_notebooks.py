@@ -5,7 +5,7 @@ import nbformat
 import papermill
 import pytest
 
-from analysis.parameters import defaults
+from analysis.parameters import defaults, parameters_cell
 from analysis.studies import KINDS
 
 
@@ -22,6 +22,8 @@ def test_committed_notebook_is_clean_with_the_modules_parameters(name):
     assert all("  # " in line for line in tagged[0].source.splitlines())  # a comment per parameter
     assigned = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(tagged[0].source).body}
     assert list(assigned) == list(kind.parameters) and assigned == defaults(kind.parameters)
+    # Written from the module's parameters (python -m analysis.parameters rewrites it).
+    assert tagged[0].source == parameters_cell(kind.parameters)
     assert f"{kind.module_name.removeprefix('analysis.')}.validate_parameters(globals())" in code[1].source
     # papermill sees every parameter with its default and help (a comment holding '=' would hide it).
     found = papermill.inspect_notebook(str(kind.notebook))

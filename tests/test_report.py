@@ -1,22 +1,21 @@
 import argparse
 import json
+import shutil
 
 import nbformat
 import pandas as pd
 import pytest
 from bs4 import BeautifulSoup
 
-from analysis import report, sweep
+from analysis import report
+from conftest import TINY
 from analysis.frames import TRAIN_WINDOW
 from analysis.config import TrainConfig
 from analysis.train import Callback, train
 
-TINY = dict(width=4, steps=4, batch_size=8, val_batches=1, val_every=2, stats_every=2, device="cpu", threads=1)
 FAILED_STUDY_ERROR = 'PapermillExecutionError: <script>alert("x")</script> & co'
 FAILED_RUN_ERROR = "RuntimeError: out of <b>memory</b> & time"
 CODE_MARKER = "validate_parameters"
-STUDY_SETTINGS = {"steps": [4], "width": [4], "batch_size": [8], "val_every": [2], "val_batches": [1],
-                  "stats_every": [2], "warmup_steps": [0], "device": ["cpu"], "seeds": [0]}
 FAILED_STUDY = "d14-plain-broken"
 
 
@@ -27,12 +26,11 @@ class FailAtStep(Callback):
 
 
 @pytest.fixture(scope="module")
-def runs_dir(tmp_path_factory):
-    """One real sweep point (the depth-study notebook at depth 8, tiny), two more runs, one failed, one failed study."""
-    root = tmp_path_factory.mktemp("runs")
-    results = sweep.run_sweep(sweep.expand_grid([8], ["both"], STUDY_SETTINGS), runs_dir=root, workers=1,
-                              threads=1, progress=False)
-    assert list(results["status"]) == ["complete"], results["error"].tolist()
+def runs_dir(tiny_sweep, tmp_path_factory):
+    """A copy of the shared sweep point (the depth-study notebook at depth 8, tiny), two more runs, one failed,
+    one failed study."""
+    root = tmp_path_factory.mktemp("runs") / "runs"
+    shutil.copytree(tiny_sweep[0], root)
     train(TrainConfig(depth=14, residual=False, **TINY), root=root, progress=False)
     with pytest.raises(RuntimeError):
         train(TrainConfig(depth=14, residual=True, **TINY), root=root, progress=False, callbacks=[FailAtStep()])
@@ -223,9 +221,9 @@ def test_code_hidden_by_default_and_shown_with_show_code(runs_dir, reports, stud
     assert "No summary: no runs found." in index.get_text()
 
 
-def test_runs_folder_is_found_from_notebook_parameters(runs_dir, study, monkeypatch, tmp_path):
+def test_runs_folder_is_found_from_notebook_parameters(runs_dir, study, tiny_sweep, monkeypatch, tmp_path):
     notebook = runs_dir / "studies" / study[0] / "depth_study.ipynb"
-    assert report.runs_dir_of([notebook]).resolve() == runs_dir.resolve()
+    assert report.runs_dir_of([notebook]).resolve() == tiny_sweep[0].resolve()  # where the sweep executed it
     monkeypatch.chdir(tmp_path)
     assert report.runs_dir_of([tmp_path / "missing.ipynb"]) is None
 

@@ -21,10 +21,10 @@ from analysis.hooks import read_stats
 from analysis.locks import FolderBusy, FolderLock, holder
 from analysis.store import INTERRUPTED_ERROR, RunDir, list_runs, load_runs
 from analysis.train import Callback, train
+from conftest import TINY as TINY_TRAINING
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(depth=8, width=4, image_size=8, batch_size=8, steps=4, val_every=2, val_batches=1, stats_every=1,
-            device="cpu", threads=1)
+TINY = {**TINY_TRAINING, "depth": 8, "stats_every": 1}
 KEY = ["step", "module", "call", "kind", "stat", "param", "rank"]
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from analysis import report
 from analysis.safe_html import CONTENT_POLICY, clean_html
-from tests.tampered import MARKERS, tampered_notebook
+from tampered import MARKERS, tampered_notebook
 
 PNG = "data:image/png;base64,iVBORw0KGgo="
 

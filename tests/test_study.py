@@ -7,25 +7,34 @@ import pandas as pd
 import pytest
 
 from analysis import study
-from analysis.config import TrainConfig
-from analysis.study import PARAMETERS, ParameterError, StudyParams, configs_for, validate_parameters
+from analysis.config import TrainConfig, config_fields, settings
+from analysis.study import PARAMETERS, STUDY_DEFAULTS, ParameterError, configs_for, validate_parameters
+from conftest import TINY_STUDY
 
-TINY = dict(depth=8, width=4, steps=6, batch_size=8, stats_every=3, val_every=3, val_batches=1,
-            warmup_steps=0, device="cpu", seeds=0)
+TINY = {**TINY_STUDY, "depth": 8, "steps": 6, "stats_every": 3, "val_every": 3, "seeds": 0}
 
 
-def test_parameters_and_study_params_agree():
-    fields = dataclasses.fields(StudyParams)
-    assert [f.name for f in fields] == list(PARAMETERS)
-    for f in fields:
-        default, description = PARAMETERS[f.name]
-        assert f.default == (tuple(default) if isinstance(default, list) else default), f.name
+def test_parameters_are_the_training_settings_at_the_documented_study_defaults():
+    fields = settings()
+    # Every TrainConfig field in its order, but those each run sets: variants and seeds stand in their place.
+    assert list(PARAMETERS) == [{"residual": "variants", "seed": "seeds"}.get(name, name) for name in config_fields()
+                                ] + ["runs_dir", "findings_path"]
+    for name, (default, description) in PARAMETERS.items():
         assert description and "\n" not in description
-    assert StudyParams().to_dict() == study.parameter_defaults()
-    # Every TrainConfig field but the derived ones is a notebook parameter.
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    assert train_fields - set(PARAMETERS) == {"residual", "seed"}
-    assert set(PARAMETERS) - train_fields == {"variants", "runs_dir", "seeds", "findings_path"}
+        if name in fields:
+            assert description == fields[name].help, name
+            assert default == STUDY_DEFAULTS.get(name, (fields[name].default,))[0], name
+    # Each documented difference is one, and says why.
+    assert {name: default for name, (default, _) in STUDY_DEFAULTS.items()} == {
+        "depth": 50, "width": 8, "stem": "cifar", "batch_size": 32, "steps": 300, "lr": 0.05, "warmup_steps": 30,
+        "threads": 1}
+    assert {name: fields[name].default for name in STUDY_DEFAULTS} == {
+        "depth": 20, "width": None, "stem": None, "batch_size": 64, "steps": 200, "lr": 0.1, "warmup_steps": 0,
+        "threads": None}
+    assert all(len(reason) > 20 for _, reason in STUDY_DEFAULTS.values())
+    params = validate_parameters({})
+    assert params.config == study.STUDY_CONFIG == TrainConfig(**{n: d for n, (d, _) in STUDY_DEFAULTS.items()})
+    assert params.to_dict() == study.parameter_defaults()
 
 
 def test_seeds_take_one_int_or_a_list_of_distinct_ints():
@@ -44,19 +53,18 @@ def test_seeds_take_one_int_or_a_list_of_distinct_ints():
 def test_defaults_validate_and_ignore_notebook_state():
     namespace = {**study.parameter_defaults(), "In": ["x"], "Out": {1: 2}, "get_ipython": print, "exit": object(),
                  "quit": object(), "open": open, "_": 3, "_i1": "code", "os": os, "helper": lambda: 1,
-                 "StudyParams": StudyParams, "params": StudyParams(), "frame": pd.DataFrame()}
-    assert validate_parameters(namespace) == StudyParams()
-    assert validate_parameters({}) == StudyParams()
+                 "TrainConfig": TrainConfig, "params": validate_parameters({}), "frame": pd.DataFrame()}
+    assert validate_parameters(namespace) == validate_parameters({}) == validate_parameters(study.parameter_defaults())
 
 
 def test_values_are_normalised():
-    params = validate_parameters({"lr": 1, "milestones": "100, 200", "schedule": "step", "steps": 300})
-    assert params.lr == 1.0 and isinstance(params.lr, float)
-    assert params.milestones == (100, 200)
-    assert validate_parameters({"milestones": "[5]", "schedule": "step"}).milestones == (5,)
-    assert validate_parameters({"milestones": [7, 9], "schedule": "step"}).milestones == (7, 9)
-    assert validate_parameters({"betas": "0.8, 0.99", "optimizer": "adam"}).betas == (0.8, 0.99)
-    assert validate_parameters({"betas": [0, 0.5]}).betas == (0.0, 0.5)
+    config = validate_parameters({"lr": 1, "milestones": "100, 200", "schedule": "step", "steps": 300}).config
+    assert config.lr == 1.0 and isinstance(config.lr, float)
+    assert config.milestones == (100, 200)
+    assert validate_parameters({"milestones": "[5]", "schedule": "step"}).config.milestones == (5,)
+    assert validate_parameters({"milestones": [7, 9], "schedule": "step"}).config.milestones == (7, 9)
+    assert validate_parameters({"betas": "0.8, 0.99", "optimizer": "adam"}).config.betas == (0.8, 0.99)
+    assert validate_parameters({"betas": [0, 0.5]}).config.betas == (0.0, 0.5)
 
 
 @pytest.mark.parametrize("name, value, expected", [
@@ -66,8 +74,8 @@ def test_values_are_normalised():
     ("dataset", "nope", ["dataset: 'nope'", "'synthetic'", "'cifar10'"]),
     ("variants", "resid", ["variants: 'resid'", "'both', 'residual', 'plain'"]),
     ("width", 0, ["width:", ">= 1"]),
-    ("milestones", "a,b", ["milestones:", "[100, 200]"]),
-    ("milestones", [1.5], ["milestones:", "[100, 200]"]),
+    ("milestones", "a,b", ["milestones: must be an integer or a list of integers, got 'a,b'"]),
+    ("milestones", [1.5], ["milestones: must be an integer or a list of integers, got [1.5]"]),
     ("betas", [0.9], ["betas:", "two numbers in [0, 1)"]),
     ("momentum", 1, ["momentum:", "< 1.0", "got 1.0"]),
     ("runs_dir", None, ["runs_dir:", "folder"]),
@@ -101,7 +109,7 @@ def test_configs_follow_parameters_residual_first():
         assert config.seed == 0
         for name in PARAMETERS:
             if name not in ("variants", "runs_dir", "zero_init_residual", "seeds", "findings_path"):
-                assert getattr(config, name) == getattr(params, name), name
+                assert getattr(config, name) == getattr(params.config, name), name
     skipinit = configs_for(validate_parameters({**TINY, "init": "skipinit"}))
     assert [c.init for c in skipinit] == ["skipinit", "kaiming"]
     assert study.run_ids_for(params) == [residual.run_id(), plain.run_id()]

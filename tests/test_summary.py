@@ -21,9 +21,8 @@ from analysis.hooks import read_stats
 from analysis.outcomes import VALUES
 from analysis.train import Callback, train
 import drawn
+from conftest import TINY
 
-TINY = dict(width=4, image_size=8, steps=4, batch_size=8, val_batches=1, val_every=2, stats_every=2,
-            device="cpu", threads=1)
 STATS_STEPS = (1, 3)  # stats_every=2 over 4 steps, numbered from 1
 N_RUNS = 15  # 14 trained (one failed) and one unreadable folder
 FINAL_LABELS = {"final_train_loss": "final train loss", "final_train_accuracy": "final train accuracy"}

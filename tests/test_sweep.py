@@ -18,10 +18,10 @@ import pytest
 from analysis import store, study, sweep
 from analysis.config import TrainConfig
 from analysis.store import RunDir
+from conftest import TINY_STUDY
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sweep_probe.ipynb"
-TINY = {"width": 4, "steps": 3, "batch_size": 8, "image_size": 16, "val_every": 3, "val_batches": 1,
-        "warmup_steps": 0, "stats_every": 1, "seeds": [0]}
+TINY = {**TINY_STUDY, "steps": 3, "image_size": 16, "val_every": 3, "stats_every": 1}
 
 
 def probe(behaviour: str, depth: int = 8) -> sweep.Point:
