@@ -125,16 +125,7 @@ def answer_q1(runs: pd.DataFrame, init: dict | None, lesion: dict | None, pages:
                 f"{_fmt(growth.get('residual'))} per block (theory: 2).")
     else:
         sentences.append("The initialisation study has not been run.")
-    if lesion is not None:
-        numbers["lesion"] = lesion_increase(lesion)
-        baseline = lesion.get("baseline_error") or {}
-        sentences.append(f"Deleting one block of a trained depth-{lesion.get('depth', '?')} network raised the "
-                         f"validation error by {_points(numbers['lesion'].get('residual'))} on average in the "
-                         f"residual network (from {_percent(baseline.get('residual'))}) and "
-                         f"{_points(numbers['lesion'].get('plain'))} in the plain one (from "
-                         f"{_percent(baseline.get('plain'))}).")
-    else:
-        sentences.append("The lesion study has not been run.")
+    sentences.append("The lesion study has not been run." if lesion is None else _lesion_sentence(lesion, numbers))
     return _question("q1", sentences, numbers, [SUMMARY_PAGE, pages.get("init"), pages.get("lesion")])
 
 
@@ -155,11 +146,11 @@ def answer_q2(runs: pd.DataFrame, lesion: dict | None, pages: dict[str, str | No
     else:
         sentences.append("Not measured: no complete residual runs with block statistics.")
     if lesion is not None:
-        numbers["lesion"] = lesion_increase(lesion)
+        residual_points, plain_points = _lesion_points(lesion, numbers)
         skipped = (lesion.get("skipped") or {}).get("plain") or 0
         sentences.append(f"Deleting a single residual block (keeping its shortcut) raised the validation error by "
-                         f"{_points(numbers['lesion'].get('residual'))} on average, deleting a plain block (replaced "
-                         f"by the identity) by {_points(numbers['lesion'].get('plain'))}"
+                         f"{residual_points} on average, deleting a plain block (replaced by the identity) by "
+                         f"{plain_points}"
                          + (f"; {skipped} plain blocks change the shape and could not be deleted" if skipped else "")
                          + ".")
     return _question("q2", sentences, numbers, [SUMMARY_PAGE, pages.get("lesion"), pages.get("depth")])
@@ -167,10 +158,11 @@ def answer_q2(runs: pd.DataFrame, lesion: dict | None, pages: dict[str, str | No
 
 def answer_q3(costs: dict | None, pages: dict[str, str | None]) -> dict:
     """Bottleneck blocks: parameters and multiply-accumulates against a basic block of the same width."""
-    if costs is None:
-        return _costs_not_run("q3", pages)
-    basic, bottleneck = costs.get("basic_block", {}), costs.get("bottleneck_block", {})
-    numbers = {"basic_block": basic, "bottleneck_block": bottleneck}
+    return _from_costs("q3", costs, pages, ("basic_block", "bottleneck_block"), _bottleneck_sentences)
+
+
+def _bottleneck_sentences(numbers: dict[str, Any], costs: dict) -> list[str]:
+    basic, bottleneck = numbers["basic_block"], numbers["bottleneck_block"]
     sentences = [f"At 256 channels in and out on a 56x56 input, a bottleneck block (1x1 down to 64, 3x3, 1x1 back "
                  f"to 256) has {_count(bottleneck.get('params'))} parameters and {_count(bottleneck.get('macs'))} "
                  f"multiply-accumulates against {_count(basic.get('params'))} and {_count(basic.get('macs'))} for a "
@@ -181,26 +173,31 @@ def answer_q3(costs: dict | None, pages: dict[str, str | None]) -> dict:
     if isinstance(trained, dict) and trained:
         numbers["trained"] = trained
         sentences.append(_trained_sentence(trained))
-    return _question("q3", sentences, numbers, [pages.get("costs")])
-
-
-def _costs_not_run(identifier: str, pages: dict[str, str | None]) -> dict:
-    return _question(identifier, ["The architecture-cost study has not been run."], {}, [pages.get("costs")])
+    return sentences
 
 
 def answer_q4(costs: dict | None, pages: dict[str, str | None]) -> dict:
     """ResNet-50 against ResNet-152: parameters, multiply-accumulates and blocks."""
+    return _from_costs("q4", costs, pages, ("resnet50", "resnet152"), _family_sentences)
+
+
+def _family_sentences(numbers: dict[str, Any], costs: dict) -> list[str]:
+    r50, r152 = numbers["resnet50"], numbers["resnet152"]
+    return [f"Both use bottleneck blocks in four stages; ResNet-152 has {r152.get('blocks')} blocks "
+            f"({_stages(r152)} per stage) against {r50.get('blocks')} ({_stages(r50)}), "
+            f"{_count(r152.get('params'))} parameters against {_count(r50.get('params'))} "
+            f"({_fmt(_ratio(r152.get('params'), r50.get('params')))}x) and {_count(r152.get('macs'))} "
+            f"multiply-accumulates per 224x224 image against {_count(r50.get('macs'))} "
+            f"({_fmt(_ratio(r152.get('macs'), r50.get('macs')))}x)."]
+
+
+def _from_costs(identifier: str, costs: dict | None, pages: dict[str, str | None], names: tuple[str, ...],
+                sentences: Callable[[dict[str, Any], dict], list[str]]) -> dict:
+    """A question answered from the architecture-cost study's numbers ``names`` (or saying it has not run)."""
     if costs is None:
-        return _costs_not_run("q4", pages)
-    r50, r152 = costs.get("resnet50", {}), costs.get("resnet152", {})
-    numbers = {"resnet50": r50, "resnet152": r152}
-    sentences = [f"Both use bottleneck blocks in four stages; ResNet-152 has {r152.get('blocks')} blocks "
-                 f"({_stages(r152)} per stage) against {r50.get('blocks')} ({_stages(r50)}), "
-                 f"{_count(r152.get('params'))} parameters against {_count(r50.get('params'))} "
-                 f"({_fmt(_ratio(r152.get('params'), r50.get('params')))}x) and {_count(r152.get('macs'))} "
-                 f"multiply-accumulates per 224x224 image against {_count(r50.get('macs'))} "
-                 f"({_fmt(_ratio(r152.get('macs'), r50.get('macs')))}x)."]
-    return _question("q4", sentences, numbers, [pages.get("costs")])
+        return _question(identifier, ["The architecture-cost study has not been run."], {}, [pages.get("costs")])
+    numbers = {name: costs.get(name, {}) for name in names}
+    return _question(identifier, sentences(numbers, costs), numbers, [pages.get("costs")])
 
 
 def training_groups(runs: pd.DataFrame) -> tuple[int | None, list[dict[str, Any]]]:
@@ -310,6 +307,21 @@ def _depth_page(studies: pd.DataFrame) -> str | None:
 def _question(identifier: str, sentences: list[str], numbers: dict[str, Any], evidence: list[str | None]) -> dict:
     return {"id": identifier, "question": QUESTIONS[identifier], "answer": " ".join(sentences),
             "evidence": [link for link in dict.fromkeys(evidence) if link], "numbers": numbers}
+
+
+def _lesion_sentence(lesion: dict[str, Any], numbers: dict[str, Any]) -> str:
+    """What deleting one block did to each trained network, from its error before (recorded in ``numbers``)."""
+    residual_points, plain_points = _lesion_points(lesion, numbers)
+    baseline = lesion.get("baseline_error") or {}
+    return (f"Deleting one block of a trained depth-{lesion.get('depth', '?')} network raised the validation error "
+            f"by {residual_points} on average in the residual network (from {_percent(baseline.get('residual'))}) "
+            f"and {plain_points} in the plain one (from {_percent(baseline.get('plain'))}).")
+
+
+def _lesion_points(lesion: dict[str, Any], numbers: dict[str, Any]) -> tuple[str, str]:
+    """The mean error increases of deleting one residual and one plain block, as text (recorded in ``numbers``)."""
+    numbers["lesion"] = increase = lesion_increase(lesion)
+    return _points(increase.get("residual")), _points(increase.get("plain"))
 
 
 def lesion_increase(lesion: dict[str, Any]) -> dict[str, float | None]:

@@ -119,7 +119,7 @@ def _curves(rows: pd.DataFrame) -> Figure:
     return fig
 
 
-def grad_norm_by_depth(stats: pd.DataFrame) -> Figure:
+def grad_norm_by_layer(stats: pd.DataFrame) -> Figure:
     """Weight-gradient norm of each main-path conv against its position, at the first and last recorded step.
 
     Top: ``||dL/dW||``; bottom: the scale-free ``||dL/dW|| * ||W||``
@@ -135,7 +135,7 @@ def grad_norm_by_depth(stats: pd.DataFrame) -> Figure:
                      empty="no gradient statistics recorded (stats_every=0?)")
 
 
-def response_std_by_depth(responses: pd.DataFrame) -> Figure:
+def response_std_by_layer(responses: pd.DataFrame) -> Figure:
     """Std of each layer's response in the trained network, eval mode (He et al. 2015, Fig. 7)."""
     return seed_plot(responses, "layer", "std", title="Layer responses of the trained networks (eval mode, "
                      "fixed validation batch): batch-norm outputs, or conv outputs without batch norm",
@@ -143,7 +143,7 @@ def response_std_by_depth(responses: pd.DataFrame) -> Figure:
                      empty="no trained weights to measure (runs trained before model.pt was saved)")
 
 
-def dead_fraction_by_depth(stats: pd.DataFrame) -> Figure:
+def dead_fraction_by_layer(stats: pd.DataFrame) -> Figure:
     """Fraction of dead ReLU channels (zero for every input of the batch) per ReLU, first and last recorded step."""
     rows = relu_layers(stats, keys=RUN_KEYS)
     return seed_plot(_by_end(rows), "layer", "value", col="end", title="Dead-unit fraction per ReLU",

@@ -128,30 +128,24 @@ def git_commit(directory: str | Path | None = None) -> str | None:
     return result.stdout.strip() or None
 
 
+def _in_folder(name: str, doc: str) -> property:
+    """A path property: ``name`` inside the folder's ``path``."""
+    return property(lambda self: self.path / name, doc=doc)
+
+
 class RunDir:
     """One run's folder and its record (``config.json``)."""
+
+    config_path = _in_folder(CONFIG_FILE, "The run record.")
+    metrics_path = _in_folder(METRICS_FILE, "Tidy metrics: step, split, metric, value.")
+    stats_path = _in_folder(STATS_DIR, "The hook statistics: a folder of Parquet parts.")
+    model_path = _in_folder(MODEL_FILE, "The trained weights (``state_dict``), written when training ends "
+                                        "without an error.")
 
     def __init__(self, root: str | Path, run_id: str):
         self.root = Path(root)
         self.run_id = run_id
         self.path = self.root / run_id
-
-    @property
-    def config_path(self) -> Path:
-        return self.path / CONFIG_FILE
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.path / METRICS_FILE
-
-    @property
-    def stats_path(self) -> Path:
-        return self.path / STATS_DIR
-
-    @property
-    def model_path(self) -> Path:
-        """The trained weights (``state_dict``), written when training ends without an error."""
-        return self.path / MODEL_FILE
 
     def save_model(self, state_dict: dict[str, Any]) -> None:
         """Write the model's weights atomically (CPU tensors, so any machine can read them)."""

@@ -164,9 +164,9 @@ def test_planted_statistic_names_are_the_hook_monitors():
 
 
 
-def test_grad_norm_by_depth_main_path_convs_at_both_ends():
+def test_grad_norm_by_layer_main_path_convs_at_both_ends():
     stats = make_stats()
-    fig = plots.grad_norm_by_depth(stats)
+    fig = plots.grad_norm_by_layer(stats)
     assert isinstance(fig, Figure) and fig.get_suptitle().startswith("Gradient flow")
     grads = expected_rows(stats, "param_grad", "norm", CONVS, param="weight")
     weights = expected_rows(stats, "weight", "norm", CONVS, param="weight")
@@ -187,9 +187,9 @@ def test_grad_norm_by_depth_main_path_convs_at_both_ends():
     assert PALETTE == {"residual": "#0072B2", "plain": "#D55E00"}
 
 
-def test_dead_fraction_by_depth_per_relu_at_both_ends():
+def test_dead_fraction_by_layer_per_relu_at_both_ends():
     stats = make_stats()
-    fig = plots.dead_fraction_by_depth(stats)
+    fig = plots.dead_fraction_by_layer(stats)
     assert [ax.get_title() for ax in fig.axes] == list(END_TITLES.values())
     rows = expected_rows(stats, "activation", "dead_fraction", RELUS)
     for ax, end in zip(fig.axes, END_TITLES):
@@ -237,9 +237,9 @@ def test_update_ratio_over_lr_leaves_out_steps_without_a_learning_rate():
     fig.savefig(io.BytesIO(), format="png")  # drawing a log axis works too
 
 
-def test_response_std_by_depth_means_over_seeds():
+def test_response_std_by_layer_means_over_seeds():
     responses = make_responses()
-    fig = plots.response_std_by_depth(responses)
+    fig = plots.response_std_by_layer(responses)
     [ax] = fig.axes
     assert not is_log(ax) and ax.get_ylabel() == "std of response" and "eval mode" in fig.get_suptitle()
     check_panel(ax, responses, log=False, x="layer", y="std")
@@ -277,7 +277,7 @@ def test_training_curves_default_window_and_a_diverged_seed():
 def test_ends_are_each_runs_own_first_and_last_recorded_step():
     # one run stopped early, another started recording late
     stats = make_stats(steps_of={run_id("residual", 1): (1, 11), run_id("plain", 0): (11, 21)})
-    fig = plots.dead_fraction_by_depth(stats)
+    fig = plots.dead_fraction_by_layer(stats)
     rows = expected_rows(stats, "activation", "dead_fraction", RELUS)
     for ax, end in zip(fig.axes, ("min", "max")):
         at_end = rows[rows["step"] == rows.groupby("run_id")["step"].transform(end)]
@@ -312,12 +312,12 @@ def test_seed_plot_facets_and_drops_values_a_log_axis_cannot_show():
 
 
 @pytest.mark.parametrize("figure, message", [
-    (lambda stats, metrics, responses: plots.grad_norm_by_depth(stats), "no gradient statistics recorded"),
-    (lambda stats, metrics, responses: plots.dead_fraction_by_depth(stats), "no activation statistics recorded"),
+    (lambda stats, metrics, responses: plots.grad_norm_by_layer(stats), "no gradient statistics recorded"),
+    (lambda stats, metrics, responses: plots.dead_fraction_by_layer(stats), "no activation statistics recorded"),
     (lambda stats, metrics, responses: plots.block_ratio_by_depth(stats), "no residual blocks recorded"),
     (lambda stats, metrics, responses: plots.update_ratio_by_step(stats, metrics), "no update statistics recorded"),
     (lambda stats, metrics, responses: plots.training_curves(metrics), "no metrics recorded"),
-    (lambda stats, metrics, responses: plots.response_std_by_depth(responses), "no trained weights to measure"),
+    (lambda stats, metrics, responses: plots.response_std_by_layer(responses), "no trained weights to measure"),
 ])
 def test_no_rows_gives_a_figure_that_says_so(figure, message):
     fig = figure(make_stats().iloc[:0], make_metrics().iloc[:0], make_responses().iloc[:0])
