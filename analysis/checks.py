@@ -13,12 +13,14 @@ and its length (:func:`shown`), so a message stays one readable line.
 """
 from __future__ import annotations
 
-import ast
 import math
 import numbers
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
+
+import yaml
 
 SHOWN_CHARACTERS = 80
 
@@ -163,13 +165,46 @@ def _listed(allowed: Sequence[Any]) -> str:
 
 def _items(value: Any) -> list[Any]:
     """A list as given, a lone value as a list of one, None as no items, and text as papermill's ``-p``
-    passes a list: '1, 2', '[1, 2]' or 'a, b' (items read as Python literals, else as words)."""
+    passes a list: '1, 2', '[1, 2]' or 'a, b', read by :func:`yaml_items` (text it cannot read stays one item)."""
     if isinstance(value, str):
-        text = value.strip().strip("[]()")
+        text = value.strip()
+        if text[:1] in "[(" and text[-1:] in "])":
+            text = text[1:-1]
         try:
-            return ast.literal_eval(f"[{text}]")
-        except (ValueError, SyntaxError):
-            return [part.strip(" '\"") for part in text.split(",") if part.strip()]
+            return yaml_items(text) if text.strip() else []
+        except ValueError:
+            return [value]
     if value is None:
         return []
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def yaml_items(text: str) -> list[Any]:
+    """``'0.1,0.01'`` -> ``[0.1, 0.01]``: the text read as the items of one YAML flow sequence.
+
+    Commas inside ``[]``, ``{}`` or quotes stay inside their value (``[10, 20],[30]``
+    is two lists). Values read as Python would: ``1e-3`` (a string to YAML 1.1) is a
+    float and ``None`` is None. Anything YAML cannot read (an unclosed quote or
+    bracket) raises a ValueError instead of dropping values.
+    """
+    try:
+        values = yaml.safe_load(f"[{text}]")
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ValueError(f"{shown(text)} is not a comma-separated list of YAML values ({problem})") from None
+    if not isinstance(values, list) or not values:
+        raise ValueError(f"{shown(text)} is not a comma-separated list of YAML values")
+    return [_as_python(value) for value in values]
+
+
+def _as_python(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_as_python(item) for item in value]
+    if value == "None":
+        return None
+    if isinstance(value, str) and EXPONENT_FLOAT.fullmatch(value):
+        return float(value)
+    return value

@@ -35,7 +35,6 @@ import hashlib
 import itertools
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -50,7 +49,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import pandas as pd
 import yaml
 
-from analysis.checks import shown
+from analysis.checks import shown, yaml_items
 from analysis.extras import require
 from analysis.locks import FolderBusy, FolderLock, holder
 from analysis.store import (STUDIES_DIR, STUDY_FILE, atomic_write_json, is_complete, notebook_error, read_study,
@@ -67,7 +66,6 @@ KERNEL = "python3"
 ERROR_TAIL_LINES = 5
 POLL_SECONDS = 0.5
 KILL_GRACE_SECONDS = 5.0
-EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def study_id(parameters: Mapping[str, Any], kind: str = "depth") -> str:
@@ -164,34 +162,6 @@ def expand_grid(depths: Iterable[int] | None, variants: Iterable[str] | None = (
     return list(points.values())
 
 
-def parse_values(text: str) -> list[Any]:
-    """``'0.1,0.01'`` -> ``[0.1, 0.01]``: the text read as the items of one YAML flow sequence.
-
-    Commas inside ``[]``, ``{}`` or quotes stay inside their value (``[10, 20],[30]``
-    is two lists). Anything YAML cannot read (an unclosed quote or bracket) raises
-    a ValueError instead of dropping values.
-    """
-    try:
-        values = yaml.safe_load(f"[{text}]")
-    except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ValueError(f"{shown(text)} is not a comma-separated list of YAML values ({problem})") from None
-    if not isinstance(values, list) or not values:
-        raise ValueError(f"{shown(text)} is not a comma-separated list of YAML values")
-    return [_as_python(value) for value in values]
-
-
-def _as_python(value: Any) -> Any:
-    """A YAML value read as Python would: ``1e-3`` (a string to YAML 1.1) is a float, ``None`` is None."""
-    if isinstance(value, list):
-        return [_as_python(item) for item in value]
-    if value == "None":
-        return None
-    if isinstance(value, str) and EXPONENT_FLOAT.fullmatch(value):
-        return float(value)
-    return value
-
-
 def parse_settings(items: Iterable[str]) -> dict[str, list[Any]]:
     """``['optimizer=sgd,adam', 'lr=0.1']`` -> ``{'optimizer': ['sgd', 'adam'], 'lr': [0.1]}``."""
     settings: dict[str, list[Any]] = {}
@@ -203,7 +173,7 @@ def parse_settings(items: Iterable[str]) -> dict[str, list[Any]]:
         if key in settings:
             raise ValueError(f"--set: {key} given twice; list its values once, comma-separated")
         try:
-            settings[key] = parse_values(values)
+            settings[key] = yaml_items(values)
         except ValueError as exc:
             raise ValueError(f"--set {key}: {exc}") from None
     return settings

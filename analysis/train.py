@@ -45,7 +45,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from analysis.checks import shown
+from analysis.checks import shown, yaml_items
 from analysis.config import ConfigError, TrainConfig
 from analysis.data import Data, load_data
 from analysis.locks import FolderBusy
@@ -508,7 +508,6 @@ def config_from(path: str | Path | None, settings: Sequence[str] = ()) -> TrainC
     """
     import yaml
 
-    from analysis.sweep import parse_values
 
     fields: dict[str, Any] = {}
     if path is not None:
@@ -525,7 +524,7 @@ def config_from(path: str | Path | None, settings: Sequence[str] = ()) -> TrainC
         if not sep or not key or not text.strip():
             raise ValueError(f"--set: expected KEY=VALUE, got {shown(item)}")
         try:
-            values = parse_values(text)
+            values = yaml_items(text)
         except ValueError as exc:
             raise ValueError(f"--set {key}: {exc}") from None
         if len(values) != 1:
