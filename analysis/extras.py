@@ -17,7 +17,7 @@ DISTRIBUTION = "trainability-lab"
 EXTRAS: dict[str, dict[str, str]] = {
     "report": {"jupyter": "jupyter", "ipykernel": "ipykernel", "nbconvert": "nbconvert",
                "nbformat": "nbformat", "papermill": "papermill", "matplotlib": "matplotlib",
-               "seaborn": "seaborn", "jinja2": "jinja2", "bleach": "bleach"},
+               "seaborn": "seaborn", "bleach": "bleach"},
     "data": {"sklearn": "scikit-learn", "mlxtend": "mlxtend"},
     "cluster": {"dask": "dask", "distributed": "distributed"},
     "integrations": {"pytorch_lightning": "pytorch-lightning", "transformers": "transformers",

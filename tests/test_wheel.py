@@ -31,5 +31,8 @@ def test_wheel_metadata_and_a_core_only_install(tmp_path):
     assert inside["optional_installed"] == []
     assert inside["errors"]["digits"] == (
         "the 'digits' dataset needs the 'data' extra, which is not installed: pip install 'trainability-lab[data]'")
-    assert inside["script"]["returncode"] == 1
-    assert "pip install 'trainability-lab[report]'" in inside["script"]["stderr"][0]
+    assert inside["script"]["returncode"] == 2  # a usage error: one line naming the extra
+    assert inside["script"]["stderr"] == [
+        "python -m analysis: the command line (it runs notebooks and compiles reports) needs the 'report' extra "
+        "(jupyter, ipykernel, nbconvert, nbformat, papermill, matplotlib, seaborn, bleach missing): "
+        "pip install 'trainability-lab[report]'"]

@@ -207,7 +207,7 @@ def check_installed(python: Path, workdir: Path) -> dict:
     found = json.loads(run([str(python), "inside.py"], cwd=workdir, env=env).stdout)
     script = subprocess.run([str(python.parent / SCRIPT), "sweep", "--help"], capture_output=True, text=True,
                             cwd=workdir, env=env)
-    found["script"] = {"returncode": script.returncode, "stderr": script.stderr.strip().splitlines()[-1:]}
+    found["script"] = {"returncode": script.returncode, "stderr": script.stderr.strip().splitlines()}
     site = run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], env=env).stdout.strip()
     problems = []
     if not Path(found["analysis"]).is_relative_to(site):
