@@ -371,7 +371,7 @@ def start_sweep(runs_dir: Path, *behaviours: str) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def wait_for(condition, timeout: float = 120.0, what: str = "condition"):
+def wait_for(condition, timeout: float = 300.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
@@ -429,7 +429,7 @@ def test_concurrent_identical_sweeps_execute_each_point_once(tmp_path):
     wait_for(lambda: len(os.listdir(f"/proc/{second.pid}/task")) >= 2, what="the second sweep's worker")
     (tmp_path / "release").touch()
     for process in (first, second):
-        out, err = process.communicate(timeout=120)
+        out, err = process.communicate(timeout=300)
         assert process.returncode == 0, err
     assert sorted(run["behaviour"] for run in executions(tmp_path)) == ["ok", "wait"]
     assert [record(tmp_path, probe(b))["status"] for b in ("ok", "wait")] == ["complete", "complete"]
