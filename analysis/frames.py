@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 
 VARIANT_ORDER = ("residual", "plain")
+VARIANTS = ("both", *VARIANT_ORDER)
+"""The values of a study's ``variants`` parameter: both networks, or one."""
 PALETTE = {"residual": "#0072B2", "plain": "#D55E00"}
 """Colour of each variant on every page (colour-blind safe)."""
 

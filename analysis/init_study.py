@@ -49,14 +49,13 @@ from analysis import checks, memory, study
 from analysis.data import load_data
 from analysis.gradient_flow import direction, first_to_last, fit_growth
 from analysis.models import NORMS, build_model
-from analysis.frames import PALETTE, holds_for_every_seed, pick_steps, to_json_value, variants_in
+from analysis.frames import PALETTE, VARIANTS, holds_for_every_seed, pick_steps, to_json_value, variants_in
 from analysis.plots import SEED_BAND
 from analysis.parameters import ParameterError, read_parameters, training_parameters
 
 DEFAULT_DEPTHS = (8, 14, 20, 32, 44, 56, 110)
 DEEP_DEPTH = 1202
 """The opt-in depth of He et al. (2015)'s deepest CIFAR network, measured only where it fits in memory."""
-VARIANTS = study.VARIANTS
 KEYS = ["depth", "variant", "norm", "seed"]
 STREAM = "residual stream"
 BLOCK_OUTPUT = "block output (plain: no residual stream)"

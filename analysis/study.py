@@ -25,10 +25,10 @@ from analysis.config import TrainConfig, config_fields
 from analysis.memory import check_training_memory
 from analysis.parameters import (ParameterError, defaults, read_parameters, training_parameters, training_settings,
                                  with_defaults)
-from analysis.frames import ACTIVATION_STD, NORM_TYPES, layer_rows, setting_columns, variant_of, variants_in
+from analysis.frames import (ACTIVATION_STD, NORM_TYPES, VARIANTS, layer_rows, setting_columns, variant_of,
+                             variants_in)
 from analysis.store import RunDir
 
-VARIANTS = ("both", "residual", "plain")
 """Values of the ``variants`` parameter."""
 
 STUDY_DEFAULTS: dict[str, tuple[Any, str]] = {

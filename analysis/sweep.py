@@ -51,6 +51,7 @@ import yaml
 
 from analysis.checks import shown, yaml_items
 from analysis.extras import require
+from analysis.frames import VARIANTS
 from analysis.locks import FolderBusy, FolderLock, holder
 from analysis.store import (STUDIES_DIR, STUDY_FILE, atomic_write_json, is_complete, notebook_error, read_study,
                             study_folder, study_row, utc_now)
@@ -58,7 +59,6 @@ from analysis.studies import KINDS, StudyKind, kind as study_kind
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOG_FILE = "papermill.log"
-VARIANTS = ("residual", "plain", "both")
 SWEEP_PARAMETERS = ("runs_dir", "threads", "findings_path")  # set by the sweep itself, left out of the study id
 FINDINGS_FILE = "findings.json"
 DEFAULT_CELL_TIMEOUT = 3600

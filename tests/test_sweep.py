@@ -101,7 +101,7 @@ def test_bad_depths_and_variants():
         sweep.expand_grid([7], ["residual"])
     with pytest.raises(ValueError, match="depths"):
         sweep.expand_grid([], ["residual"])
-    with pytest.raises(ValueError, match="variants.*residual, plain, both"):
+    with pytest.raises(ValueError, match="variants.*both, residual, plain"):
         sweep.expand_grid([8], ["resnet"])
     for bad in (["lr"], ["=1"], ["lr="], ["lr=1", "lr=2"]):
         with pytest.raises(ValueError, match="--set"):
