@@ -4,6 +4,9 @@ Helper modules beside the tests (``drawn``, ``tampered``) import by name.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+
 import pytest
 
 TINY = dict(width=4, image_size=8, batch_size=8, steps=4, val_every=2, val_batches=1, stats_every=2,
@@ -25,3 +28,27 @@ def tiny_sweep(tmp_path_factory):
     results = sweep.run_sweep(points, runs_dir=root, workers=1, threads=1, progress=False)
     assert list(results["status"]) == ["complete"], results["error"].tolist()
     return root, results["study_id"].iloc[0]
+
+
+@pytest.fixture
+def file_events(monkeypatch):
+    """A context manager that logs ``("fsync", path)`` and ``("replace", source)`` inside it, in order."""
+    events: list[tuple[str, str]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def logged_fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def logged_replace(source, target):
+        events.append(("replace", str(source)))
+        replace(source, target)
+
+    @contextlib.contextmanager
+    def logging():
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "fsync", logged_fsync)
+            patch.setattr(os, "replace", logged_replace)
+            yield events
+
+    return logging

@@ -135,11 +135,14 @@ def test_live_tensor_count_does_not_grow():
         assert live_tensors() == before
 
 
-def test_buffer_bounded_with_path(tmp_path):
+def small_setup(tmp_path: Path):
+    """A two-layer MLP, its SGD optimizer, a batch and a statistics path under ``tmp_path``."""
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    x = torch.randn(3, 4)
-    path = tmp_path / "stats.parquet"
+    return model, torch.optim.SGD(model.parameters(), lr=0.01), torch.randn(3, 4), tmp_path / "stats.parquet"
+
+
+def test_buffer_bounded_with_path(tmp_path):
+    model, optimizer, x, path = small_setup(tmp_path)
     with Monitor(model, optimizer=optimizer, every=1, path=path, flush_rows=200) as monitor:
         step(model, optimizer, x)
         per_step = len(monitor._rows)
@@ -210,10 +213,7 @@ def parts(path: Path) -> list[Path]:
 
 
 def test_parts_flushed_by_time_after_recorded_steps(tmp_path):
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    x = torch.randn(3, 4)
-    path = tmp_path / "stats.parquet"
+    model, optimizer, x, path = small_setup(tmp_path)
     with Monitor(model, optimizer=optimizer, every=2, path=path, flush_seconds=3600) as monitor:
         assert monitor.flush_seconds == 3600.0
         step(model, optimizer, x)  # step 0, recorded: under an hour since the monitor started
@@ -248,27 +248,14 @@ def test_flush_without_path_keeps_rows_in_memory():
         pd.testing.assert_frame_equal(monitor.frame(), before)
 
 
-def test_parts_are_fsynced_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
-    events: list[tuple[str, str]] = []
-    fsync, replace = os.fsync, os.replace
-
-    def logged_fsync(fd):
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-        fsync(fd)
-
-    def logged_replace(source, target):
-        events.append(("replace", str(source)))
-        replace(source, target)
-
+def test_parts_are_fsynced_before_the_rename_and_the_folder_after(tmp_path, file_events):
     path = tmp_path / "stats"
     model = nn.Sequential(nn.Linear(4, 2))
     with Monitor(model, every=1, path=path) as monitor:
         model(torch.randn(2, 4))
         monitor.step()
-        monkeypatch.setattr(os, "fsync", logged_fsync)
-        monkeypatch.setattr(os, "replace", logged_replace)
-        monitor.flush()
-        monkeypatch.undo()
+        with file_events() as events:
+            monitor.flush()
     [part] = parts(path)
     temp = str(path / f".{part.name}.tmp")
     assert events == [("fsync", temp), ("replace", temp), ("fsync", str(path))]

@@ -99,22 +99,9 @@ def test_written_files_get_the_usual_permissions(tmp_path):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
 
 
-def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
-    events: list[tuple[str, str]] = []
-    fsync, replace = os.fsync, os.replace
-
-    def logged_fsync(fd):
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-        fsync(fd)
-
-    def logged_replace(source, target):
-        events.append(("replace", str(source)))
-        replace(source, target)
-
-    monkeypatch.setattr(os, "fsync", logged_fsync)
-    monkeypatch.setattr(os, "replace", logged_replace)
-    atomic_write_json(tmp_path / "config.json", {"status": "running"})
-    monkeypatch.undo()
+def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp_path, file_events):
+    with file_events() as events:
+        atomic_write_json(tmp_path / "config.json", {"status": "running"})
     [(_, temp), replaced, folder] = events
     assert Path(temp).parent == tmp_path and Path(temp).name.startswith(".config.json.")
     assert replaced == ("replace", temp) and folder == ("fsync", str(tmp_path))
