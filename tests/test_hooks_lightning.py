@@ -94,6 +94,26 @@ def test_callback_rows_equal_those_of_a_plain_loop(precision):
     assert_no_hooks(module, trainer.optimizers[0])
 
 
+def test_validation_between_steps_is_not_recorded():
+    class WithValidation(Classifier):
+        def validation_step(self, batch, batch_idx):
+            images, labels = batch
+            self.validated += 1
+            return nn.functional.cross_entropy(self.net(images), labels)
+
+        def val_dataloader(self):
+            return loader()
+
+    module, reference = WithValidation(), Classifier()
+    module.validated = 0
+    callback = MonitorCallback(every=2)
+    fit(module, callback, val_check_interval=MICRO_BATCHES, limit_val_batches=2, num_sanity_val_steps=0)
+    assert module.validated == 8  # after each step's last micro-batch, before its optimizer step (recorded: 0, 2)
+    frame = callback.frame().sort_values(KEY, ignore_index=True)
+    expected = plain_loop(reference, autocast=False).sort_values(KEY, ignore_index=True)
+    pd.testing.assert_frame_equal(frame, expected, rtol=1e-5, atol=1e-8)
+
+
 def test_options_are_checked_when_the_callback_is_made():
     with pytest.raises(ValueError, match="every"):
         MonitorCallback(every=0)

@@ -32,13 +32,13 @@ EXAMPLE = {"input_ids": torch.tensor([5, 17, 3, 29, 8, 11, 2, 30]), "labels": 1}
 """Every example is this one, so each micro-batch is the same whatever order the Trainer draws them in."""
 
 
-def train(model: torch.nn.Module, callback: MonitorCallback, tmp_path, **options) -> Trainer:
+def train(model: torch.nn.Module, callback: MonitorCallback, tmp_path, eval_dataset=None, **options) -> Trainer:
     args = TrainingArguments(output_dir=str(tmp_path / "trainer"), max_steps=STEPS, per_device_train_batch_size=BATCH,
                              gradient_accumulation_steps=MICRO_BATCHES, learning_rate=LR,
                              lr_scheduler_type="constant", use_cpu=True, report_to="none", save_strategy="no",
                              logging_strategy="no", disable_tqdm=True, **options)
     dataset = [EXAMPLE] * (STEPS * MICRO_BATCHES * BATCH)
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback])
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset, callbacks=[callback])
     trainer.train()
     return trainer
 
@@ -81,6 +81,15 @@ def test_callback_records_each_optimizer_step_with_its_micro_batches(tmp_path, b
     expected = monitor.frame().set_index(KEY).value.sort_index()
     recorded = frame[(frame.step == 0) & (frame.kind == "activation")].set_index(KEY).value.sort_index()
     pd.testing.assert_series_equal(recorded, expected, rtol=1e-5, atol=1e-8)
+
+
+def test_evaluation_between_steps_is_not_recorded(tmp_path):
+    plain, evaluated = MonitorCallback(every=1), MonitorCallback(every=1)
+    train(tiny_bert(), plain, tmp_path / "plain")
+    trainer = train(tiny_bert(), evaluated, tmp_path / "evaluated", eval_strategy="steps", eval_steps=1,
+                    per_device_eval_batch_size=BATCH, eval_dataset=[EXAMPLE] * BATCH)
+    assert len(trainer.state.log_history) >= STEPS  # an evaluation after every step
+    pd.testing.assert_frame_equal(evaluated.frame(), plain.frame())
 
 
 def test_a_run_that_raises_inside_the_callback_block_leaves_no_hook(tmp_path):

@@ -6,8 +6,8 @@
 
 At train start a Monitor attaches to the LightningModule with the trainer's
 torch optimizer and numbers steps from the trainer's global step; it advances
-on each optimizer step (after gradient accumulation), and detaches at train end
-and on an exception.
+on each optimizer step (after gradient accumulation), records nothing while
+validation runs, and detaches at train end and on an exception.
 """
 
 from __future__ import annotations
@@ -48,6 +48,12 @@ class MonitorCallback(AttachedMonitor, *_CALLBACKS):
         if len(optimizers) != 1:
             raise ValueError(f"MonitorCallback follows one optimizer; this trainer has {len(optimizers)}")
         self.attach(pl_module, _torch_optimizer(optimizers[0]), first_step=trainer.global_step)
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self.pause()
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        self.resume()
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self.detach()

@@ -9,7 +9,8 @@
 At train begin a Monitor attaches to the model with the torch optimizer inside
 the Trainer's (accelerate's `AcceleratedOptimizer` has no step hooks of its own)
 and numbers steps from the trainer's global step; it advances on each optimizer
-step (after gradient accumulation) and detaches at train end.
+step (after gradient accumulation), records nothing while the Trainer evaluates,
+and detaches at train end.
 """
 
 from __future__ import annotations
@@ -51,6 +52,13 @@ class MonitorCallback(AttachedMonitor, _transformers.TrainerCallback):
         if model is None or optimizer is None:
             raise ValueError("MonitorCallback needs the model and optimizer the Trainer passes at train begin")
         self.attach(model, _torch_optimizer(optimizer), first_step=state.global_step)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if control.should_evaluate:  # the Trainer evaluates right after this event, before the next step
+            self.pause()
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.resume()
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.detach()
