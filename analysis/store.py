@@ -36,10 +36,8 @@ import pandas as pd
 from analysis.locks import FolderLock, holder
 
 STATUSES = ("running", "complete", "failed", "diverged")
-"""The statuses a run record stores."""
+"""The statuses a run record stores; readers also see ``interrupted`` (:func:`observed`)."""
 INTERRUPTED = "interrupted"
-READ_STATUSES = (*STATUSES, INTERRUPTED)
-"""The statuses readers see: a stored ``running`` that no process works on reads as ``interrupted``."""
 INTERRUPTED_ERROR = "the run stopped without finishing (no process holds its folder's lock)"
 FINISHED = ("complete", "diverged")
 CONFIG_FILE = "config.json"
@@ -224,16 +222,17 @@ def metrics_frame(rows: list[tuple[int, str, str, float]]) -> pd.DataFrame:
     return df.astype({"step": "int64", "split": "string", "metric": "string", "value": "float64"})
 
 
-def observed(record: dict[str, Any], folder: str | Path) -> dict[str, Any]:
-    """``record`` as readers should see it: ``interrupted`` when it says ``running`` but nobody holds ``folder``'s lock.
+def observed(record: dict[str, Any], folder: str | Path, error: str = INTERRUPTED_ERROR) -> dict[str, Any]:
+    """``record`` as readers should see it: ``interrupted`` (with ``error``) when it says ``running`` but nobody
+    holds ``folder``'s lock.
 
-    A trainer holds the lock from before it writes ``running`` until after it
-    writes the final status, and the operating system releases it when the
-    trainer dies; so a ``running`` record without a holder belongs to a run that
-    was killed (or lost its machine) before it finished.
+    A trainer (or a sweep executing a study point) holds the lock from before it
+    writes ``running`` until after it writes the final status, and the operating
+    system releases it when that process dies; so a ``running`` record without a
+    holder belongs to work that was killed (or lost its machine) before it finished.
     """
     if isinstance(record, dict) and record.get("status") == "running" and holder(folder) is None:
-        return {**record, "status": INTERRUPTED, "error": record.get("error") or INTERRUPTED_ERROR}
+        return {**record, "status": INTERRUPTED, "error": record.get("error") or error}
     return record
 
 
@@ -311,8 +310,6 @@ def load_runs(root: str | Path) -> pd.DataFrame:
 STUDIES_DIR = "studies"
 STUDY_FILE = "study.json"
 NOTEBOOK_FILE = "depth_study.ipynb"  # the executed notebook of records that name no source notebook
-STUDY_STATUSES = ("pending", "running", "complete", "failed", "cancelled")
-"""What a study record (``study.json``) may say; readers also see ``interrupted`` (see :func:`study_row`)."""
 STUDY_INTERRUPTED_ERROR = "its sweep stopped before it finished (nothing holds the study's lock)"
 RECORD_COLUMNS = ("study_id", "status", "error", "depth", "variants")
 TRAILING_COLUMNS = ("notebook", "run_ids", "start_time", "end_time", "worker")
@@ -363,20 +360,22 @@ def first_error(cells: Iterable[Mapping[str, Any]]) -> str | None:
 
 
 def study_row(record: Mapping[str, Any] | None, folder: Path) -> dict[str, Any]:
-    """One flat row: bookkeeping, then the parameters, then the notebook path and run ids."""
+    """One flat row: bookkeeping, then the parameters, then the notebook path and run ids.
+
+    A study record stores ``pending``, ``running``, ``complete``, ``failed`` or
+    ``cancelled``; a ``running`` one whose folder nobody holds reads as ``interrupted``.
+    """
     if record is None:
         return {**dict.fromkeys((*RECORD_COLUMNS, *TRAILING_COLUMNS)), "study_id": folder.name,
                 "status": "unreadable", "error": f"no readable {STUDY_FILE} in {folder}", "run_ids": []}
+    record = observed(record, folder, STUDY_INTERRUPTED_ERROR)
     parameters = dict(record.get("parameters") or {})
     notebook = executed_notebook(folder, record)
-    status, error = record.get("status"), record.get("error")
-    if status == "running" and holder(folder) is None:
-        status, error = INTERRUPTED, STUDY_INTERRUPTED_ERROR
     return {
         "study_id": record.get("study_id", folder.name),
         "kind": record.get("kind", "depth"),
-        "status": status,
-        "error": error,
+        "status": record.get("status"),
+        "error": record.get("error"),
         "depth": parameters.pop("depth", None),
         "variants": parameters.pop("variants", None),
         **{key: tuple(value) if isinstance(value, list) else value for key, value in parameters.items()},

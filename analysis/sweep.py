@@ -261,24 +261,22 @@ def _execute_locked(point: Point, chosen: StudyKind, folder: Path, lock: FolderL
               "run_ids": chosen.run_ids(parameters), "start_time": utc_now(), "end_time": None,
               "worker": worker, "source_notebook": str(notebook), "kind": point.kind}
     interrupted = False
-    try:
-        with open(folder / LOG_FILE, "wb") as log:
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                       env=env, start_new_session=True, pass_fds=(lock.fd,))
-            try:
-                record["worker"] = worker or f"{socket.gethostname()}/{process.pid}"
-                atomic_write_json(folder / STUDY_FILE, record)
-                interrupted = _wait(process, cancelled)
-            except BaseException:
-                interrupted = True
-                raise
-            finally:
-                _stop(process)
-    finally:
-        if interrupted:
-            partial.unlink(missing_ok=True)
-            record.update(status="cancelled", error="cancelled before it finished", end_time=utc_now())
+    with open(folder / LOG_FILE, "wb") as log:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   env=env, start_new_session=True, pass_fds=(lock.fd,))
+        try:
+            record["worker"] = worker or f"{socket.gethostname()}/{process.pid}"
             atomic_write_json(folder / STUDY_FILE, record)
+            interrupted = _wait(process, cancelled)
+        except BaseException:  # SweepCancelled, where the sweep's own thread waits
+            interrupted = True
+            raise
+        finally:
+            _stop(process)
+            if interrupted:
+                partial.unlink(missing_ok=True)
+                record.update(status="cancelled", error="cancelled before it finished", end_time=utc_now())
+                atomic_write_json(folder / STUDY_FILE, record)
     if interrupted:
         return record
     if partial.exists():
@@ -480,17 +478,14 @@ def _mark_pending(points: Sequence[Point], runs_dir: Path, notebook: Path | None
                                "kind": point.kind})
 
 
-def _mark_cancelled(points: Iterable[Point], runs_dir: Path) -> dict[str, dict]:
+def _mark_cancelled(points: Iterable[Point], runs_dir: Path) -> None:
     """Record queued points that a cancelled sweep never started as ``cancelled``."""
-    outcomes = {}
     for point in points:
         folder = study_folder(runs_dir, point.study_id)
         record = read_study(folder)
         if record is not None and record.get("status") == "pending" and holder(folder) is None:
             record.update(status="cancelled", error="cancelled before it started", end_time=utc_now())
             atomic_write_json(folder / STUDY_FILE, record)
-            outcomes[point.study_id] = record
-    return outcomes
 
 
 class SweepCancelled(Exception):

@@ -116,7 +116,6 @@ class StatsCallback(Callback):
         self.every = every
         self.monitor_options = monitor_options
         self.monitor = None
-        self._paused: contextlib.AbstractContextManager | None = None
 
     def on_train_start(self, run: RunContext) -> None:
         from analysis.hooks import Monitor
@@ -126,19 +125,16 @@ class StatsCallback(Callback):
         self.monitor.__enter__()
 
     def on_validation_start(self, run: RunContext) -> None:
-        self._paused = self.monitor.paused()
-        self._paused.__enter__()
+        self.monitor.pause()
 
     def on_validation_end(self, run: RunContext) -> None:
-        self._paused.__exit__(None, None, None)
-        self._paused = None
+        self.monitor.resume()
         self.monitor.flush()
 
     def on_train_end(self, run: RunContext) -> None:
         if self.monitor is not None:
             self.monitor.__exit__(None, None, None)
             self.monitor = None
-            self._paused = None
 
 
 @dataclass

@@ -14,7 +14,6 @@ gradients and not the previous step's.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Collection, Iterable
 from typing import Any, Callable
@@ -56,7 +55,7 @@ class AttachedMonitor:
         """The attached Monitor while training runs, else None."""
         self._frames: list[pd.DataFrame] = []
         self._closure_hook: RemovableHandle | None = None
-        self._pause: contextlib.AbstractContextManager | None = None
+        self._pausing = False
 
     def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer, first_step: int) -> Monitor:
         """Attach a Monitor to `model` that advances on `optimizer`'s steps, the first numbered `first_step`.
@@ -75,19 +74,19 @@ class AttachedMonitor:
 
     def pause(self) -> None:
         """Record no forward pass until :meth:`resume` (an evaluation between training steps)."""
-        if self.monitor is not None and self._pause is None:
-            self._pause = self.monitor.paused()
-            self._pause.__enter__()
+        if self.monitor is not None and not self._pausing:
+            self.monitor.pause()
+            self._pausing = True
 
     def resume(self) -> None:
         """Record forward passes again after :meth:`pause`."""
-        pause, self._pause = self._pause, None
-        if pause is not None:
-            pause.__exit__(None, None, None)
+        if self._pausing:
+            self.monitor.resume()
+            self._pausing = False
 
     def detach(self) -> None:
         """Remove every hook of the attached Monitor (if any), drop its unfinished step and keep its rows."""
-        self.resume()
+        self._pausing = False
         monitor, self.monitor = self.monitor, None
         closure_hook, self._closure_hook = self._closure_hook, None
         if closure_hook is not None:

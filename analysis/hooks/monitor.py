@@ -160,7 +160,7 @@ class _StepState:
                                            if kind.raw_width}
         self.activation = self.batches["activation"]
         self.outputs: dict[int, tuple[weakref.ref, int, int, Tensor]] = {}
-        self.grad_targets: dict[int, tuple[weakref.ref, int, list[tuple[_Site, int]]]] = {}
+        self.grad_targets: dict[int, tuple[weakref.ref, int, list[Row]]] = {}
         self.tensor_handles: list[RemovableHandle] = []
         self.halves: dict[_Site, tuple[str, int, Tensor, Tensor]] = {}  # role, call, output, sum of squares
         self.last_3d: tuple[torch.Size, int] | None = None
@@ -370,17 +370,27 @@ class Monitor:
         """Whether the current step is recorded."""
         return self._state.recording
 
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """Forward passes inside this block are not recorded (say, an evaluation between two steps).
+    def pause(self) -> None:
+        """Record no forward pass until :meth:`resume` (say, an evaluation between two steps); pauses nest.
 
         Without it such a pass counts as part of the next step, as extra calls.
         """
         self._paused += 1
+
+    def resume(self) -> None:
+        """End the innermost :meth:`pause`."""
+        if not self._paused:
+            raise RuntimeError("resume() without a pause()")
+        self._paused -= 1
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Forward passes inside this block are not recorded (:meth:`pause` to :meth:`resume`)."""
+        self.pause()
         try:
             yield
         finally:
-            self._paused -= 1
+            self.resume()
 
     def step(self) -> None:
         """End the current step (without an optimizer): read parameters, record, advance."""
