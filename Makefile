@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 KEEP := $(VENV)/keep-torch.txt
 
-.PHONY: test report bench wheel-check browser clean
+.PHONY: test report bench bench-peers wheel-check browser clean
 
 # Every extra and the test tools; a torch build already in the environment (CUDA or CPU) is kept:
 # its version is a constraint, so no requirement of an extra can replace it.
@@ -24,6 +24,11 @@ report: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m analysis.bench overhead --out benchmarks/overhead.md
+
+# The monitor against peer tools (the bench extra, installed here without replacing torch).
+bench-peers: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c $(KEEP) -e '.[bench]'
+	$(BIN)/python -m analysis.bench peers --out benchmarks/peers.md
 
 # The wheel in a fresh virtual environment with its core dependencies from the package index
 # (PyTorch included: minutes and a few GB, removed afterwards); runs the README's plain-loop example.

@@ -1,9 +1,10 @@
 """Optional dependencies: the extra of the distribution that brings each, and one clear error when one is missing.
 
 The core install (`pip install trainability-lab`) holds what the monitor, the models and
-training need. Notebooks and reports, some datasets, Dask sweeps and the trainer
-integrations each need an extra; `require` imports a module of an extra or raises
-`MissingExtra`, whose message is the command that installs it.
+training need. Notebooks and reports, some datasets, Dask sweeps, the trainer
+integrations and the benchmark against peer tools (`bench`, not part of `all`) each
+need an extra; `require` imports a module of an extra or raises `MissingExtra`, whose
+message is the command that installs it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ EXTRAS: dict[str, dict[str, str]] = {
     "cluster": {"dask": "dask", "distributed": "distributed"},
     "integrations": {"pytorch_lightning": "pytorch-lightning", "transformers": "transformers",
                      "accelerate": "accelerate", "tensorboard": "tensorboard"},
+    "bench": {"fastai": "fastai", "torchlens": "torchlens", "wandb": "wandb", "tensorboard": "tensorboard",
+              "cockpit": "cockpit-for-pytorch", "backpack": "backpack-for-pytorch"},
 }
 """extra -> {import name: distribution} for every optional dependency."""
 

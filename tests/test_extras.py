@@ -51,5 +51,5 @@ def test_require_extra_lists_what_is_missing(monkeypatch):
 
 
 def test_an_unknown_extra_is_an_error():
-    with pytest.raises(ValueError, match="extra must be one of report, data, cluster, integrations; got 'reports'"):
+    with pytest.raises(ValueError, match="extra must be one of report, data, cluster, integrations, bench; got 'reports'"):
         install_command("reports")

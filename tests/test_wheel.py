@@ -20,7 +20,7 @@ def test_wheel_metadata_and_a_core_only_install(tmp_path):
     found = wheel_check.check_metadata(wheel)
     assert wheel.name.startswith("trainability_lab-")
     assert found["core"] == CORE
-    assert found["extras"] == ["all", "cluster", "data", "integrations", "report", "test"]
+    assert found["extras"] == ["all", "bench", "cluster", "data", "integrations", "report", "test"]
     assert found["console_scripts"] == [("trainability-lab", "analysis.__main__:main")]
     assert [Path(n).name for n in found["notebooks"]] == [
         "architecture_costs.ipynb", "depth_study.ipynb", "init_study.ipynb", "lesion_study.ipynb", "summary.ipynb"]

@@ -16,6 +16,7 @@ rank's own share of the batch.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import time
@@ -35,6 +36,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from analysis.hooks import statistics
+from analysis.hooks.compiled import TracedRecords, reset_stale_compiled_code
 from analysis.hooks.statistics import Row
 from analysis.hooks.selection import Patterns, channel_layout, select
 from analysis.hooks.writer import SCHEMA, PartWriter, Rows, read_tables, to_frame
@@ -126,6 +128,7 @@ class _Site:
     layout: int = 0
     block: _Site | None = None
     role: str | None = None
+    slot: int = -1  # row in the traced records: hooked modules and blocks each numbered from 0
 
 
 @dataclass(eq=False)
@@ -191,6 +194,30 @@ def _first_tensor(output: Any) -> Tensor | None:
             and not output.is_nested and output.numel() and not output.is_meta):
         return output
     return None
+
+
+def _pair(halves: dict[_Site, tuple[str, int, Tensor, Tensor]], site: _Site, call: int, out: Tensor,
+          sumsq: Tensor) -> tuple[int, Tensor] | None:
+    """Hold the first of a block's branch/shortcut outputs in `halves` until the other arrives; then
+    (the branch's call, the block's raw statistics). None while waiting, or for outputs of different shapes."""
+    block = site.block
+    first = halves.pop(block, None)
+    if first is None or first[0] == site.role:
+        halves[block] = (site.role, call, out, sumsq)
+        return None
+    role, first_call, first_out, first_sumsq = first
+    if first_out.shape != out.shape:
+        return None
+    if role == "branch":
+        return first_call, statistics.block(first_out, out, first_sumsq, sumsq)
+    return call, statistics.block(out, first_out, sumsq, first_sumsq)
+
+
+def _device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer; the CPU for a model without either."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
 
 
 def _grouped(tensors: list[Tensor]) -> list[list[int]]:
@@ -278,6 +305,8 @@ class Monitor:
                              f"got {flush_seconds!r}")
         if isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module
+        if type(model).__name__ == "OptimizedModule":  # torch.compile(model): name layers as unwrapped
+            model = model._orig_mod
         self.model = model
         self.optimizer = optimizer
         self.every = _cadence(every)
@@ -300,17 +329,25 @@ class Monitor:
         self._state = _StepState(recording=False)
         self._sites = self._make_sites()
         self._params = self._make_params()
+        self._parts = {kind: statistics.KINDS[kind].parts(statistics.STATS[kind][i] for i in indices)
+                       for kind, indices in self.wanted.items()}
+        if 0 in self.wanted.get("global", ()):  # the global gradient norm comes from the parameters' norms
+            self._parts["param_grad"] = self._parts.get("param_grad", frozenset()) | {"norm"}
         self._want_activation = "activation" in self.wanted
         self._want_grad = "activation_grad" in self.wanted
         self._want_block = "block" in self.wanted
+        self._activation_parts = self._parts.get("activation", frozenset())
+        self._grad_parts = self._parts.get("activation_grad", frozenset())
+        self._active = False  # recording and not paused: the one check a hook makes
+        self._traced: TracedRecords | None = None
 
     # -- setup -----------------------------------------------------------------
 
     def _make_sites(self) -> dict[int, _Site]:
-        sites = {id(m): _Site(name, type(m).__name__, channel_layout(m))
-                 for name, m in self.selection.modules}
-        for name, block in self.selection.blocks:
-            site = _Site(name, type(block).__name__)
+        sites = {id(m): _Site(name, type(m).__name__, channel_layout(m), slot=slot)
+                 for slot, (name, m) in enumerate(self.selection.modules)}
+        for slot, (name, block) in enumerate(self.selection.blocks):
+            site = _Site(name, type(block).__name__, slot=slot)
             sites[id(block.branch)].block, sites[id(block.branch)].role = site, "branch"
             sites[id(block.shortcut)].block, sites[id(block.shortcut)].role = site, "shortcut"
         for name, owner, _, _ in self.selection.params:
@@ -331,6 +368,10 @@ class Monitor:
         if self._handles:
             raise RuntimeError("this Monitor is already attached; use it in one `with` block at a time")
         try:
+            reset_stale_compiled_code(self.model)
+            self._traced = TracedRecords([self._sites[id(m)] for _, m in self.selection.modules],
+                                         [self._sites[id(b.branch)].block for _, b in self.selection.blocks],
+                                         _device(self.model))
             for _, module in self.selection.modules:
                 hook = partial(self._forward_hook, self._sites[id(module)])
                 self._handles.append(module.register_forward_hook(hook))
@@ -338,6 +379,7 @@ class Monitor:
                 self._handles.append(self.optimizer.register_step_pre_hook(self._before_optimizer_step))
                 self._handles.append(self.optimizer.register_step_post_hook(self._after_optimizer_step))
             self._state = _StepState(self.is_recorded(self.current_step))
+            self._update_active()
         except BaseException:
             self.close()
             raise
@@ -350,6 +392,7 @@ class Monitor:
         """Remove every hook, drop the unfinished step and flush pending rows."""
         handles, self._handles = self._handles, []
         state, self._state = self._state, _StepState(recording=False)
+        self._update_active()
         try:
             for handle in handles:
                 handle.remove()
@@ -376,12 +419,17 @@ class Monitor:
         Without it such a pass counts as part of the next step, as extra calls.
         """
         self._paused += 1
+        self._update_active()
 
     def resume(self) -> None:
         """End the innermost :meth:`pause`."""
         if not self._paused:
             raise RuntimeError("resume() without a pause()")
         self._paused -= 1
+        self._update_active()
+
+    def _update_active(self) -> None:
+        self._active = self._state.recording and not self._paused
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -418,12 +466,16 @@ class Monitor:
             recording = self.is_recorded(self.current_step) and bool(self._handles)
             if recording or state.recording:
                 self._state = _StepState(recording)
+            self._update_active()
 
     # -- hooks -----------------------------------------------------------------
 
     def _forward_hook(self, site: _Site, module: nn.Module, args: Any, output: Any) -> None:
-        if self._state.recording and not self._paused:
-            self._record_output(self._state, site, output)
+        if self._active:
+            if torch.compiler.is_compiling():
+                self._trace_output(site, output)
+            else:
+                self._record_output(self._state, site, output)
 
     def _record_output(self, state: _StepState, site: _Site, output: Any) -> None:
         out = _first_tensor(output)
@@ -442,9 +494,39 @@ class Monitor:
             state.activation.raws.append(raw)
             state.activation.rows.append(Row(site, call, None, out.numel(), channels))
         if self._want_block and site.block is not None:
-            self._pair(state, site, call, out, statistics.sum_of_squares(out) if raw is None else raw[1])
+            block = _pair(state.halves, site, call, out, self._sum_of_squares(out, raw))
+            if block is not None:
+                state.order.setdefault(site.block, len(state.order))
+                state.batches["block"].raws.append(block[1])
+                state.batches["block"].rows.append(Row(site.block, block[0], None))
         if self._want_grad and out.requires_grad and torch.is_grad_enabled():
             self._hook_grad(state, site, call, out)
+
+    def _sum_of_squares(self, out: Tensor, raw: Tensor | None) -> Tensor:
+        """From the activation statistics where they hold it, else a pass of its own."""
+        return raw[1] if raw is not None and "sumsq" in self._activation_parts else statistics.sum_of_squares(out)
+
+    def _trace_output(self, site: _Site, output: Any) -> None:
+        """`_record_output` for code that Dynamo traces: tensor writes into the traced records only."""
+        out = _first_tensor(output)
+        if out is None:
+            return
+        traced = self._traced
+        ndim = out.dim()
+        channel_dim = (site.layout or -1) if ndim == 3 else int(ndim > 1)
+        raw = None
+        if self._want_activation:
+            raw = statistics.activation(out, channel_dim, parts=self._activation_parts)
+        traced.write_activation(site.slot, raw, out.numel(), out.shape[channel_dim] if ndim else 1)
+        if self._want_block and site.block is not None:
+            block = _pair(traced.halves, site, 0, out, self._sum_of_squares(out, raw))
+            if block is not None:
+                traced.write_block(site.block.slot, block[1])
+        if self._want_grad and out.requires_grad and torch.is_grad_enabled():
+            out.register_hook(partial(self._traced_grad_hook, site.slot, out.numel()))
+
+    def _traced_grad_hook(self, slot: int, numel: int, grad: Tensor) -> None:
+        self._traced.write_grad(slot, numel, statistics.activation_grad(grad, self._grad_parts))
 
     @staticmethod
     def _channel_dim(state: _StepState, site: _Site, out: Tensor) -> int:
@@ -457,8 +539,7 @@ class Monitor:
         state.last_3d = (out.shape, dim)
         return dim
 
-    @staticmethod
-    def _activation(state: _StepState, out: Tensor, channel_dim: int) -> Tensor:
+    def _activation(self, state: _StepState, out: Tensor, channel_dim: int) -> Tensor:
         """Raw activation reductions, computed once per tensor (and version) per step.
 
         Inference tensors carry no version counter, so they are never reused.
@@ -468,7 +549,7 @@ class Monitor:
         if (cached is not None and version is not None and cached[0]() is out and cached[1] == version
                 and cached[2] == channel_dim):
             return cached[3]
-        raw = statistics.activation(out, channel_dim, state.scratch)
+        raw = statistics.activation(out, channel_dim, state.scratch, self._activation_parts)
         if version is not None:
             state.outputs[id(out)] = (weakref.ref(out), version, channel_dim, raw)
         return raw
@@ -496,41 +577,23 @@ class Monitor:
     def _grad_hook(self, state: _StepState, targets: list[Row], grad: Tensor) -> None:
         if state is not self._state or not state.recording:
             return
-        raw = statistics.activation_grad(grad)
+        raw = statistics.activation_grad(grad, self._grad_parts)
         batch = state.batches["activation_grad"]
         for target in targets:
             batch.raws.append(raw)
             batch.rows.append(target)
 
-    def _pair(self, state: _StepState, site: _Site, call: int, out: Tensor, sumsq: Tensor) -> None:
-        """Hold the first of a block's branch/shortcut outputs until the other arrives."""
-        block = site.block
-        first = state.halves.pop(block, None)
-        if first is None or first[0] == site.role:
-            state.halves[block] = (site.role, call, out, sumsq)
-            return
-        role, first_call, first_out, first_sumsq = first
-        if first_out.shape != out.shape:
-            return
-        if role == "branch":
-            raw = statistics.block(first_out, out, first_sumsq, sumsq)
-            call = first_call
-        else:
-            raw = statistics.block(out, first_out, sumsq, first_sumsq)
-        state.order.setdefault(block, len(state.order))
-        state.batches["block"].raws.append(raw)
-        state.batches["block"].rows.append(Row(block, call, None))
-
     # -- parameters ------------------------------------------------------------
 
     def _read_params(self, state: _StepState) -> None:
         """Gradient, weight and (with an optimizer) pre-step snapshot of the parameters."""
-        if "param_grad" in self.wanted or "global" in self.wanted:
+        if "param_grad" in self._parts:
             with_grad = [p for p in self._params if p.param.grad is not None and p.param.grad.numel()
                          and p.param.grad.layout == torch.strided]
             grads = [p.param.grad for p in with_grad]
             for group in _grouped(grads):
-                state.batches["param_grad"].raws.append(statistics.param_grad([grads[i] for i in group]))
+                state.batches["param_grad"].raws.append(
+                    statistics.param_grad([grads[i] for i in group], self._parts["param_grad"]))
                 state.batches["param_grad"].rows.extend(
                     Row(with_grad[i].site, 0, with_grad[i].name, grads[i].numel()) for i in group)
         selected = [p for p in self._params if p.site is not None and p.param.numel()]
@@ -563,12 +626,19 @@ class Monitor:
         kinds = [kind for kind, batch in state.batches.items() if batch.raws]
         blocks = [_joined(state.batches[kind].raws).reshape(-1, statistics.KINDS[kind].raw_width)
                   for kind in kinds]
+        traced = self._traced.tensors()
+        host = _to_host(blocks + traced)
+        pending = {kind: (state.batches[kind].rows, raw) for kind, raw in zip(kinds, host)}
+        for kind, rows, raw in self._traced.read(host[len(blocks):], state.order):
+            earlier_rows, earlier = pending.get(kind, ([], raw[:0]))
+            pending[kind] = (earlier_rows + rows, np.concatenate([earlier, raw]))
+        self._traced.clear()
         grad_norm = None
-        for kind, raw in zip(kinds, _to_host(blocks)):
+        for kind, (rows, raw) in pending.items():
             if kind == "param_grad":
                 grad_norm = statistics.global_grad_norm(raw[:, 0])
             if kind in self.wanted:
-                self._emit(state, kind, state.batches[kind].rows, raw)
+                self._emit(state, kind, rows, raw)
         if "global" in self.wanted:
             self._emit_global(state, grad_norm)
         if len(self._rows) >= self.flush_rows or time.monotonic() - self._flushed_at >= self.flush_seconds:

@@ -8,17 +8,21 @@ Each group is a pair of small functions, in the spirit of Cockpit's quantities:
 * a *finish* function runs on the host, vectorised over all rows of a step in
   float64, and turns the raw reductions into the published statistics.
 
-Reductions are chosen to touch a big tensor as few times as possible: one sum,
-one sum of squares, one min/max and one count of zeros per channel (through a
-reused buffer). On the CPU non-finite values are only counted when the sum of
-squares is non-finite (a free scalar check there); elsewhere they are counted
-every time, since a check would cost a host synchronisation per tensor.
+Work is in proportion to what is asked: each reduce function takes the *parts* of
+its raw vector that the requested statistics need (`Kind.needs`) and skips every
+other pass; an unrequested column of the raw vector holds 0. The passes over a big
+tensor are one sum, one sum of squares (a BLAS dot product), one min/max and one
+count of zeros per channel (through a reused buffer). On the CPU non-finite values
+are only counted when the sum of squares is non-finite (a free scalar check there);
+on other devices, and inside code that `torch.compile` traces, they are counted
+every time, since a check would cost a host synchronisation (or a graph break).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -32,6 +36,17 @@ WEIGHT = ("norm",)
 UPDATE = ("ratio",)
 GLOBAL = ("grad_norm", "lr")
 BLOCK = ("shortcut_norm", "branch_norm", "ratio", "cosine")
+
+Parts = frozenset[str]
+"""Parts of a raw vector to compute: each names one pass (or one group of columns) of a reduction."""
+
+ACTIVATION_PARTS = {"mean": ("sum",), "std": ("sum", "sumsq"), "rms": ("sumsq",), "absmax": ("minmax",),
+                    "zero_fraction": ("zeros",), "dead_fraction": ("zeros",), "nonfinite": ("nonfinite",)}
+ACTIVATION_GRAD_PARTS = {"rms": ("sumsq",), "absmax": ("minmax",), "nonfinite": ("nonfinite",)}
+PARAM_GRAD_PARTS = {"norm": ("norm",), "rms": ("norm",), "absmax": ("absmax",), "nonfinite": ("nonfinite",)}
+ALL_PARTS: Parts = frozenset(part for needs in (ACTIVATION_PARTS, ACTIVATION_GRAD_PARTS, PARAM_GRAD_PARTS)
+                             for parts in needs.values() for part in parts)
+"""Every part: what a reduce function computes when not told otherwise."""
 
 # Per-channel nonzero counts are summed in float32 up to this many elements per channel (exact).
 _EXACT_FLOAT32_COUNT = 2**24
@@ -49,8 +64,14 @@ def _as_compute(x: Tensor) -> Tensor:
 
 
 def _fast_path(x: Tensor, probe: Tensor) -> bool:
-    """On the CPU, whether `probe` (a sum of squares of x) is finite: then x holds no NaN or inf."""
-    return x.device.type == "cpu" and math.isfinite(probe.item())
+    """On the CPU outside traced code, whether `probe` (a sum of squares of x) is finite: then
+    x holds no NaN or inf."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling() and math.isfinite(probe.item())
+
+
+def _probes(x: Tensor) -> bool:
+    """Whether non-finite values of x are looked for through a sum of squares (see `_fast_path`)."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def _nonfinite(x: Tensor) -> Tensor:
@@ -59,8 +80,11 @@ def _nonfinite(x: Tensor) -> Tensor:
 
 def sum_of_squares(x: Tensor) -> Tensor:
     """Sum of squares in the compute dtype: a BLAS dot product where x is contiguous
-    (faster than vector_norm)."""
+    (faster than vector_norm); in traced code, a plain reduction that the compiler fuses
+    (and that does not branch on strides, which gradient hooks cannot)."""
     x = _as_compute(x)
+    if torch.compiler.is_compiling():
+        return x.square().sum()
     if x.is_contiguous():
         flat = x.view(-1)
         return torch.dot(flat, flat)
@@ -86,27 +110,36 @@ class Scratch:
         self._buffers.clear()
 
 
-def activation(x: Tensor, channel_dim: int, scratch: Scratch | None = None) -> Tensor:
+def activation(x: Tensor, channel_dim: int, scratch: Scratch | None = None,
+               parts: Parts | None = None) -> Tensor:
     """Raw reductions of a module output: [sum, sum of squares, min, max, zeros, dead, nonfinite].
 
     `zeros` counts elements == 0, `dead` counts channels (slices along
     `channel_dim`) whose elements are all exactly zero over the whole batch.
-    Passes over x: sum, sum of squares, min/max, and x == 0 written into
-    `scratch` then summed per channel.
+    Only the columns of `parts` ("sum", "sumsq", "minmax", "zeros" for zeros and
+    dead, "nonfinite") are computed; the others hold 0. Passes over x: sum, sum of
+    squares, min/max, and x == 0 written into `scratch` then summed per channel.
     """
+    parts = ALL_PARTS if parts is None else parts
     x = _as_compute(x)
     if x.dim() < 2:
         x, channel_dim = x.reshape(1, -1), 1
-    dims = tuple(d for d in range(x.dim()) if d != channel_dim % x.dim())
-    total = x.sum()
-    sumsq = sum_of_squares(x)
-    low, high = torch.aminmax(x)
-    per_channel = x.numel() // x.shape[channel_dim]
-    flags = torch.eq(x, 0, out=(scratch or Scratch()).like(x))
-    zeros = flags.sum(dims) if per_channel <= _EXACT_FLOAT32_COUNT else flags.sum(dims, dtype=torch.float64)
-    dead = (zeros == per_channel).sum(dtype=x.dtype)
-    nonfinite = x.new_zeros(()) if _fast_path(x, sumsq) else _nonfinite(x)
-    return torch.stack([total, sumsq, low, high, zeros.sum(dtype=x.dtype), dead, nonfinite])
+    zero = x.new_zeros(())
+    total = x.sum() if "sum" in parts else zero
+    probe = "nonfinite" in parts and _probes(x)
+    sumsq = sum_of_squares(x) if "sumsq" in parts or probe else zero
+    low, high = torch.aminmax(x) if "minmax" in parts else (zero, zero)
+    zeros = dead = zero
+    if "zeros" in parts:
+        dims = tuple(d for d in range(x.dim()) if d != channel_dim % x.dim())
+        per_channel = x.numel() // x.shape[channel_dim]
+        flags = (x == 0).to(x.dtype) if scratch is None else torch.eq(x, 0, out=scratch.like(x))
+        counts = flags.sum(dims) if per_channel <= _EXACT_FLOAT32_COUNT else flags.sum(dims, dtype=torch.float64)
+        zeros, dead = counts.sum(dtype=x.dtype), (counts == per_channel).sum(dtype=x.dtype)
+    nonfinite = zero
+    if "nonfinite" in parts and not (probe and _fast_path(x, sumsq)):
+        nonfinite = _nonfinite(x)
+    return torch.stack([total, sumsq, low, high, zeros, dead, nonfinite])
 
 
 def finish_activation(raw: np.ndarray, numel: np.ndarray, channels: np.ndarray) -> np.ndarray:
@@ -120,12 +153,20 @@ def finish_activation(raw: np.ndarray, numel: np.ndarray, channels: np.ndarray) 
     return np.stack([mean, std, rms, absmax, zeros / numel, dead / channels, nonfinite], axis=1)
 
 
-def activation_grad(g: Tensor) -> Tensor:
-    """Raw reductions of the gradient w.r.t. a module output: [sum of squares, min, max, nonfinite]."""
+def activation_grad(g: Tensor, parts: Parts | None = None) -> Tensor:
+    """Raw reductions of the gradient w.r.t. a module output: [sum of squares, min, max, nonfinite].
+
+    Only the columns of `parts` ("sumsq", "minmax", "nonfinite") are computed; the others hold 0.
+    """
+    parts = ALL_PARTS if parts is None else parts
     g = _as_compute(g)
-    sumsq = sum_of_squares(g)
-    low, high = torch.aminmax(g)
-    nonfinite = g.new_zeros(()) if _fast_path(g, sumsq) else _nonfinite(g)
+    zero = g.new_zeros(())
+    probe = "nonfinite" in parts and _probes(g)
+    sumsq = sum_of_squares(g) if "sumsq" in parts or probe else zero
+    low, high = torch.aminmax(g) if "minmax" in parts else (zero, zero)
+    nonfinite = zero
+    if "nonfinite" in parts and not (probe and _fast_path(g, sumsq)):
+        nonfinite = _nonfinite(g)
     return torch.stack([sumsq, low, high, nonfinite])
 
 
@@ -145,19 +186,22 @@ def _absmax(tensors: list[Tensor]) -> Tensor:
     return torch.stack([torch.stack(torch.aminmax(t)) for t in tensors]).abs().amax(dim=1)
 
 
-def param_grad(grads: list[Tensor]) -> Tensor:
+def param_grad(grads: list[Tensor], parts: Parts | None = None) -> Tensor:
     """Raw reductions of gradients of one device and dtype, a (P, 3) tensor: [norm, absmax, nonfinite].
 
+    Only the columns of `parts` ("norm", "absmax", "nonfinite") are computed; the others hold 0.
     One foreach kernel for all norms, one min/max pass per gradient; non-finite entries
     are counted per gradient only where a norm is non-finite (CPU) or always (elsewhere).
     """
+    parts = ALL_PARTS if parts is None else parts
     grads = [g.detach() for g in grads]
-    norms = _norms(grads)
-    absmax = _absmax(grads).to(norms.dtype)
-    if _fast_path(norms, norms.sum()):
-        nonfinite = torch.zeros_like(norms)
-    else:
-        nonfinite = torch.stack([_nonfinite(g) for g in grads]).to(norms.dtype)
+    probe = "nonfinite" in parts and _probes(grads[0])
+    zeros = torch.zeros(len(grads), dtype=compute_dtype(grads[0].dtype), device=grads[0].device)
+    norms = _norms(grads) if "norm" in parts or probe else zeros
+    absmax = _absmax(grads).to(zeros.dtype) if "absmax" in parts else zeros
+    nonfinite = zeros
+    if "nonfinite" in parts and not (probe and _fast_path(norms, norms.sum())):
+        nonfinite = torch.stack([_nonfinite(g) for g in grads]).to(zeros.dtype)
     return torch.stack([norms, absmax, nonfinite], dim=1)
 
 
@@ -255,12 +299,17 @@ class Kind:
     stats: tuple[str, ...]
     raw_width: int
     finish: Finish | None
+    needs: dict[str, tuple[str, ...]] | None = None  # statistic -> parts of the raw vector; None: all
+
+    def parts(self, stats: Iterable[str]) -> Parts:
+        """The parts of the raw vector that `stats` need (empty for a kind without parts)."""
+        return frozenset(part for stat in stats for part in (self.needs or {}).get(stat, ()))
 
 
 KINDS: dict[str, Kind] = {
-    "activation": Kind(ACTIVATION, 7, finish_activation),
-    "activation_grad": Kind(ACTIVATION_GRAD, 4, finish_activation_grad),
-    "param_grad": Kind(PARAM_GRAD, 3, finish_param_grad),
+    "activation": Kind(ACTIVATION, 7, finish_activation, ACTIVATION_PARTS),
+    "activation_grad": Kind(ACTIVATION_GRAD, 4, finish_activation_grad, ACTIVATION_GRAD_PARTS),
+    "param_grad": Kind(PARAM_GRAD, 3, finish_param_grad, PARAM_GRAD_PARTS),
     "weight": Kind(WEIGHT, 1, finish_weight),
     "update": Kind(UPDATE, 2, finish_update),
     "global": Kind(GLOBAL, 0, None),  # from param_grad's raw norms and the optimizer's learning rates
