@@ -20,8 +20,9 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.bench import peers, timing
-from analysis.bench.peers import Measure, OptionError, Report, Row
+from analysis.bench import options, peers, timing
+from analysis.bench.options import OptionError
+from analysis.bench.peers import Measure, Report, Row
 from analysis.hooks import Monitor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,8 +95,8 @@ def test_an_invalid_option_names_itself_and_its_values(option, value, message, c
 def test_cuda_asked_for_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(OptionError, match=r"^--device cuda: CUDA is not available here; use cpu or auto$"):
-        peers.devices_for("cuda")
-    assert peers.devices_for("auto") == [torch.device("cpu")]
+        options.devices_for("cuda")
+    assert options.devices_for("auto") == [torch.device("cpu")]
 
 
 # -- the markdown ----------------------------------------------------------------------------

@@ -38,11 +38,3 @@ MODELS: dict[str, tuple[str, Callable[[], nn.Module]]] = {
     "resnet8": ("ResNet-8 (CIFAR, analysis.models)", _resnet8),
 }
 """key -> (name in tables, builder)."""
-
-
-def check_models(keys: list[str]) -> list[str]:
-    """`keys` if all are known, else a ValueError naming the allowed keys."""
-    unknown = [k for k in keys if k not in MODELS]
-    if unknown or not keys:
-        raise ValueError(f"models must be from {', '.join(MODELS)}; got {','.join(keys)!r}")
-    return keys

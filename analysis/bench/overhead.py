@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from analysis.bench.models import MODELS, check_models
+from analysis.bench.models import MODELS
+from analysis.bench.options import device_option, devices_for, image_option, models_option, steps_option
 from analysis.bench.timing import IMAGE, BATCH, batch, compare, copies, optimizer_for, quartiles, train_step
 from analysis.hooks import DEFAULT_EVERY, Monitor
 
@@ -140,15 +141,6 @@ def _peak_in_child(key: str, device: torch.device, every: int | None, image: int
     return json.loads(done.stdout.strip().splitlines()[-1])["peak"]
 
 
-def devices_named(name: str) -> list[torch.device]:
-    """'auto': the CPU, and CUDA too when present."""
-    if name == "auto":
-        return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: 'cuda' was asked for but CUDA is not available; use cpu or auto")
-    return [torch.device(name)]
-
-
 def overhead(models: list[str], devices: list[torch.device], steps: int, image: int = IMAGE,
              memory: bool = True) -> list[Result]:
     """Time ratios of each statistic set recorded every step, of the default cadence, and
@@ -180,6 +172,56 @@ def overhead(models: list[str], devices: list[torch.device], steps: int, image: 
     return results
 
 
+@dataclass
+class Compiled:
+    """A model under `torch.compile`: Dynamo graph breaks and graphs with and without the monitor, and the
+    step-time ratio of the compiled monitored model (full set, every step) over the compiled plain one."""
+
+    model: str
+    device: str
+    breaks: int
+    monitored_breaks: int
+    graphs: int
+    monitored_graphs: int
+    result: Result | None
+
+
+def graph_breaks(key: str, device: torch.device, monitored: bool, image: int = IMAGE) -> tuple[int, int]:
+    """(graph breaks, distinct graphs) of 4 compiled training steps (Dynamo only: backend "eager"),
+    with a monitor recording every other step or without one."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = copies(MODELS[key][1], device)[0]
+    optimizer = optimizer_for(model)
+    run = torch.compile(model, backend="eager")
+    x, y = batch(device, image=image)
+    with tempfile.TemporaryDirectory() as tmp, Monitor(
+            model, optimizer=optimizer, every=2, path=Path(tmp) / "stats") if monitored else contextlib.nullcontext():
+        for _ in range(4):
+            train_step(run, optimizer, x, y)
+    found = sum(counters["graph_break"].values()), counters["stats"]["unique_graphs"]
+    torch._dynamo.reset()
+    return found
+
+
+def compiled(key: str, device: torch.device, steps: int, image: int = IMAGE) -> Compiled:
+    """Graph breaks, and the ratio of compiled (inductor) steps with the full set recorded every step over
+    compiled plain steps: one role only, the monitor attached before the first compiled call."""
+    name = MODELS[key][0]
+    breaks, graphs = graph_breaks(key, device, False, image)
+    monitored_breaks, monitored_graphs = graph_breaks(key, device, True, image)
+    pair = tuple(torch.compile(m) for m in copies(MODELS[key][1], device))
+    timing = compare(pair, partial(monitored, stats=None, recorded=True), device, steps, warmup=3,
+                     inputs=batch(device, image=image), swap=False)
+    torch._dynamo.reset()
+    q1, _, q3 = quartiles(timing.ratios)
+    result = Result(name, device.type, "full set, compiled", timing.base_median, timing.ratio, (q1, q3))
+    _report(key, result)
+    return Compiled(name, device.type, breaks, monitored_breaks, graphs, monitored_graphs, result)
+
+
 def _report(key: str, r: Result) -> None:
     print(f"{key:12s} {r.device:4s} {r.label:34s} {r.base_ms:8.1f} ms x{r.ratio:.3f}", flush=True)
 
@@ -188,7 +230,8 @@ def _cell(value: float | None, digits: int = 3) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def markdown(results: list[Result], steps: int, image: int, load: tuple[float, float]) -> str:
+def markdown(results: list[Result], steps: int, image: int, load: tuple[float, float],
+             compiled_rows: list[Compiled] = ()) -> str:
     """The results table with the conditions it was measured under and the targets."""
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     lines = [
@@ -220,6 +263,22 @@ def markdown(results: list[Result], steps: int, image: int, load: tuple[float, f
         spread = f"{r.spread[0]:.3f}-{r.spread[1]:.3f}" if r.spread else ""
         lines.append(f"| {r.model} | {r.device} | {r.label} | {r.base_ms:.1f} | {r.inst_ms:.1f} | "
                      f"{r.ratio:.3f} | {spread} | {_cell(r.memory_ratio)} |")
+    if compiled_rows:
+        lines += [
+            "", "## Under torch.compile", "",
+            "Graph breaks and distinct graphs over 4 training steps compiled by Dynamo alone (backend "
+            "\"eager\"), without a monitor and with one recording every other step; then the step-time ratio of "
+            "the compiled (inductor) model with the full set recorded every step over the compiled model without "
+            "a monitor. Both copies compile during 3 warm-up steps; one role only (the monitor is attached "
+            "before the first compiled call), so copy differences are not cancelled.", "",
+            "| model | device | graph breaks without / with monitor | graphs without / with monitor | "
+            "compiled ms | ratio | quartiles |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for c in compiled_rows:
+            r = c.result
+            lines.append(f"| {c.model} | {c.device} | {c.breaks} / {c.monitored_breaks} | {c.graphs} / "
+                         f"{c.monitored_graphs} | {r.base_ms:.1f} | {r.ratio:.3f} | {r.spread[0]:.3f}-{r.spread[1]:.3f} |")
     checks = [(r, TARGETS[r.device][r.label]) for r in results if r.label in TARGETS.get(r.device, {})]
     if checks:
         lines += ["", "Targets (every step unless the row says otherwise):", ""]
@@ -233,13 +292,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     """The `overhead` and `peak` subcommands."""
     run_parser = commands.add_parser("overhead", help="time and memory ratios, written as a markdown table")
     run_parser.add_argument("--out", type=Path, default=Path("benchmarks/overhead.md"))
-    run_parser.add_argument("--steps", type=int, default=10,
+    run_parser.add_argument("--steps", type=steps_option, default=10,
                             help="measured step pairs per role and statistic set (default 10)")
-    run_parser.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
-    run_parser.add_argument("--image", type=int, default=IMAGE, help="input height and width (default 32)")
-    run_parser.add_argument("--models", default="resnet56,resnet50,tv-resnet18",
+    run_parser.add_argument("--device", type=device_option, default="auto",
+                            help="cpu, cuda or auto (the CPU, plus CUDA when available; default)")
+    run_parser.add_argument("--image", type=image_option, default=IMAGE, help="input height and width (default 32)")
+    run_parser.add_argument("--models", type=models_option, default="resnet56,resnet50,tv-resnet18",
                             help=f"comma-separated from {', '.join(MODELS)}")
     run_parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip peak memory")
+    run_parser.add_argument("--compiled", type=models_option, default=["resnet56"],
+                            help="models also measured under torch.compile (default resnet56)")
+    run_parser.add_argument("--no-compiled", dest="compiled", action="store_const", const=[],
+                            help="measure no model under torch.compile")
     run_parser.set_defaults(run=run)
     peak = commands.add_parser("peak", help="peak memory of a few steps in this process (JSON)")
     peak.add_argument("--model", choices=list(MODELS), required=True)
@@ -255,12 +319,11 @@ def run_peak(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    models = check_models(args.models.split(","))
-    if args.steps < 1 or args.image < 32:
-        raise ValueError(f"--steps must be >= 1 and --image >= 32; got {args.steps}, {args.image}")
     load_before = os.getloadavg()[0]
-    results = overhead(models, devices_named(args.device), args.steps, args.image, args.memory)
+    devices = devices_for(args.device)
+    results = overhead(args.models, devices, args.steps, args.image, args.memory)
+    compiled_rows = [compiled(key, device, args.steps, args.image) for device in devices for key in args.compiled]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(markdown(results, args.steps, args.image, (load_before, os.getloadavg()[0])))
+    args.out.write_text(markdown(results, args.steps, args.image, (load_before, os.getloadavg()[0]), compiled_rows))
     print(f"wrote {args.out}")
     return 0

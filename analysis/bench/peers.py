@@ -44,16 +44,12 @@ from torch import nn
 
 from analysis.bench import timing
 from analysis.bench.models import MODELS
+from analysis.bench.options import device_option, devices_for, keys, models_option, steps_option
 from analysis.hooks import Monitor, select
 
 DEFAULT_MODELS = "resnet56,tv-resnet18"
-DEVICES = ("cpu", "cuda", "auto")
 COUNT_BATCH = 8
 """Batch size of the step that counts tensors (the count does not depend on it)."""
-
-
-class OptionError(argparse.ArgumentTypeError, ValueError):
-    """An invalid option value; the message names the option and the values it takes."""
 
 
 @dataclass
@@ -687,49 +683,10 @@ def markdown(report: Report) -> str:
     return "\n".join(lines)
 
 
-# -- options and the command line ---------------------------------------------------------
-
-def _keys(option: str, value: str | list[str], allowed: list[str]) -> list[str]:
-    items = value.split(",") if isinstance(value, str) else list(value)
-    items = [item.strip() for item in items]
-    if not items or any(not item or item not in allowed for item in items):
-        raise OptionError(f"{option} must be comma-separated keys from {', '.join(allowed)}; "
-                          f"got {','.join(items) if isinstance(value, list) else value!r}")
-    return list(dict.fromkeys(items))
-
-
-def models_option(value: str | list[str]) -> list[str]:
-    return _keys("--models", value, list(MODELS))
-
+# -- the command line ----------------------------------------------------------------------
 
 def peers_option(value: str | list[str]) -> list[str]:
-    return _keys("--peers", value, list(PEERS))
-
-
-def steps_option(value: str | int) -> int:
-    try:
-        steps = int(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else 0
-    except ValueError:
-        steps = 0
-    if steps < 1:
-        raise OptionError(f"--steps must be an integer >= 1; got {value!r}")
-    return steps
-
-
-def device_option(value: str) -> str:
-    if value not in DEVICES:
-        raise OptionError(f"--device must be one of {', '.join(DEVICES)}; got {value!r}")
-    return value
-
-
-def devices_for(name: str) -> list[torch.device]:
-    """'auto': the CPU, and CUDA too when it is available."""
-    device_option(name)
-    if name == "auto":
-        return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    if name == "cuda" and not torch.cuda.is_available():
-        raise OptionError("--device cuda: CUDA is not available here; use cpu or auto")
-    return [torch.device(name)]
+    return keys("--peers", value, list(PEERS))
 
 
 def add_parser(commands: Any) -> None:

@@ -96,15 +96,16 @@ class Comparison:
 
 def compare(models: tuple[nn.Module, nn.Module], instrument: Instrument, device: torch.device,
             steps: int, warmup: int = 2, step: Callable = train_step,
-            inputs: tuple[torch.Tensor, torch.Tensor] | None = None) -> Comparison:
-    """Interleaved steps of two identical model copies, each instrumented in turn by `instrument`.
+            inputs: tuple[torch.Tensor, torch.Tensor] | None = None, swap: bool = True) -> Comparison:
+    """Interleaved steps of two identical model copies, each instrumented in turn by `instrument`
+    (only the second copy with `swap=False`).
 
     `warmup` steps per role are run and dropped (a compiled model compiles then).
     """
     optimizers = [optimizer_for(m) for m in models]
     x, y = inputs if inputs is not None else batch(device)
     result = Comparison()
-    for inst, base in ((1, 0), (0, 1)):
+    for inst, base in ((1, 0), (0, 1))[:2 if swap else 1]:
         run_base = partial(timed, partial(step, models[base], optimizers[base], x, y), device)
         run_inst = partial(timed, partial(step, models[inst], optimizers[inst], x, y), device)
         ratios: list[float] = []

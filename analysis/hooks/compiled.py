@@ -20,8 +20,9 @@ calls - 1), and a 3-D output of a module without a known layout is read as
 from __future__ import annotations
 
 import gc
+import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -82,66 +83,93 @@ class TracedRecords:
         row[_BLOCK_META:].copy_(raw)
         self.counter.add_(1)
 
-    def read(self, arrays: list[np.ndarray], order: dict[Any, int]) -> Iterator[tuple[str, list[Row], np.ndarray]]:
+    def read(self, arrays: list[np.ndarray], order: dict[Any, int]) -> list[tuple[str, list[Row], np.ndarray]]:
         """(kind, rows, raw) of every written slot, from the host copies of `tensors()`; each module's
-        position goes into `order` after those recorded eagerly, in the traced forward order."""
+        position goes into `order` after those recorded eagerly, in the traced forward order. Buffers
+        that were written are zeroed for the next recorded step."""
+        self.halves.clear()  # a block whose outputs never paired up
         activation, grad, block = arrays
-        written = np.flatnonzero(activation[:, 0])
-        blocks = np.flatnonzero(block[:, 0])
+        written, grads, blocks = (np.flatnonzero(array[:, 0]) for array in arrays)
+        if not (len(written) or len(grads) or len(blocks)):
+            return []
         positions = sorted([(activation[i, 1], self.sites[i]) for i in written]
                            + [(block[i, 1], self.blocks[i]) for i in blocks], key=lambda item: item[0])
         for _, site in positions:
             order.setdefault(site, len(order))
-        if len(written):
-            rows = [Row(self.sites[i], int(activation[i, 0]) - 1, None, int(activation[i, 2]), int(activation[i, 3]))
-                    for i in written]
-            yield "activation", rows, activation[written, _ACTIVATION_META:]
-        grads = np.flatnonzero(grad[:, 0])
-        if len(grads):
-            rows = [Row(self.sites[i], int(grad[i, 0]) - 1, None, int(grad[i, 1])) for i in grads]
-            yield "activation_grad", rows, grad[grads, _GRAD_META:]
-        if len(blocks):
-            yield "block", [Row(self.blocks[i], int(block[i, 0]) - 1, None) for i in blocks], block[blocks, _BLOCK_META:]
+        found = [
+            ("activation", [Row(self.sites[i], int(activation[i, 0]) - 1, None, int(activation[i, 2]),
+                                int(activation[i, 3])) for i in written], activation[written, _ACTIVATION_META:]),
+            ("activation_grad", [Row(self.sites[i], int(grad[i, 0]) - 1, None, int(grad[i, 1])) for i in grads],
+             grad[grads, _GRAD_META:]),
+            ("block", [Row(self.blocks[i], int(block[i, 0]) - 1, None) for i in blocks], block[blocks, _BLOCK_META:]),
+        ]
+        self.clear()
+        return [(kind, rows, raw) for kind, rows, raw in found if rows]
 
     def clear(self) -> None:
         for tensor in self.tensors():
             tensor.zero_()
         self.counter.zero_()
-        self.halves.clear()
 
 
-def _compiled_code_exists() -> bool:
+def _dynamo():
+    """torch._dynamo where it is imported already (torch.compile imports it), else None: then nothing
+    has been compiled in this process, and importing it (about a second) is not worth it."""
+    return sys.modules.get("torch._dynamo")
+
+
+def _compiled_code_exists(dynamo) -> bool:
     """Whether Dynamo holds compiled code in this process (True where its bookkeeping is unknown)."""
-    output_codes = getattr(torch._dynamo.convert_frame, "output_codes", None)
+    output_codes = getattr(getattr(dynamo, "convert_frame", None), "output_codes", None)
     return bool(getattr(output_codes, "seen_ids", True))
 
 
 def compiled_parts(model: nn.Module) -> list[str]:
-    """Names of `model` and its submodules that `torch.compile` or `Module.compile()` has wrapped."""
+    """Names of the modules of `model` whose code may have been compiled: modules that `torch.compile` or
+    `Module.compile()` has wrapped, and modules of a class of which some wrapped instance exists (compiled
+    code is shared between instances of a class)."""
     names = {id(m): name or "the model" for name, m in model.named_modules()}
-    found = [names[id(m)] for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+    found = {names[id(m)] for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None}
     wrapper = torch._dynamo.eval_frame.OptimizedModule
-    wrappers = [o for o in gc.get_objects() if issubclass(type(o), wrapper)]  # type(): weak proxies raise
-    found += [names[id(w._orig_mod)] for w in wrappers if id(w._orig_mod) in names]
-    return sorted(set(found))
+    wrapped = [o._orig_mod for o in gc.get_objects() if issubclass(type(o), wrapper)]  # type(): weak proxies raise
+    classes = {type(m) for m in wrapped}
+    found |= {names[id(m)] for m in model.modules() if id(m) in {id(w) for w in wrapped} or type(m) in classes}
+    return sorted(found, key=lambda name: (name != "the model", name))
 
 
-def reset_stale_compiled_code(model: nn.Module) -> None:
-    """Drop compiled code that was traced before the monitor's hooks existed, with a warning.
+class HookGuards:
+    """While any monitor is attached, Dynamo guards on module hooks (`skip_nnmodule_hook_guards = False`):
+    code compiled for a module without the monitor's hooks, such as another instance of its class, is not
+    reused for one with them. Code compiled before the first monitor was attached had no such guards;
+    `attach` drops it (with a warning) where it may run a monitored module."""
 
-    Dynamo does not guard on a module's hooks, so code compiled earlier keeps running
-    without them and the monitor would record no activation or output-gradient rows.
-    `torch._dynamo.reset()` drops every compiled function of the process; each
-    recompiles, with the hooks, on its next call.
-    """
-    if not _compiled_code_exists():
-        return
-    parts = compiled_parts(model)
-    if not parts:
-        return
-    warnings.warn(
-        f"Monitor: {', '.join(parts)} ran compiled before the monitor was attached, and that code would not "
-        "call the monitor's hooks; torch._dynamo.reset() dropped all compiled code of this process so that "
-        "it recompiles with them on its next call. Attach the monitor before the first compiled call to avoid "
-        "the recompilation.", RuntimeWarning, stacklevel=3)
-    torch._dynamo.reset()
+    _holders = 0
+    _saved = True
+
+    @classmethod
+    def attach(cls, model: nn.Module) -> bool:
+        """Take a hold; True where one was taken (and `release` must follow)."""
+        dynamo = _dynamo()
+        if dynamo is None:
+            return False
+        if cls._holders == 0:
+            cls._saved = dynamo.config.skip_nnmodule_hook_guards
+            dynamo.config.skip_nnmodule_hook_guards = False
+        cls._holders += 1
+        if _compiled_code_exists(dynamo):
+            parts = compiled_parts(model)
+            if parts:
+                warnings.warn(
+                    f"Monitor: compiled code may exist for {', '.join(parts)} from before the monitor was "
+                    "attached, and that code would not call the monitor's hooks; torch._dynamo.reset() dropped "
+                    "all compiled code of this process so that it recompiles with them on its next call. Attach "
+                    "the monitor before the first compiled call to avoid the recompilation.",
+                    RuntimeWarning, stacklevel=4)
+                dynamo.reset()
+        return True
+
+    @classmethod
+    def release(cls) -> None:
+        cls._holders -= 1
+        if cls._holders == 0:
+            _dynamo().config.skip_nnmodule_hook_guards = cls._saved

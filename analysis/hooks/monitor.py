@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from analysis.hooks import statistics
-from analysis.hooks.compiled import TracedRecords, reset_stale_compiled_code
+from analysis.hooks.compiled import HookGuards, TracedRecords
 from analysis.hooks.statistics import Row
 from analysis.hooks.selection import Patterns, channel_layout, select
 from analysis.hooks.writer import SCHEMA, PartWriter, Rows, read_tables, to_frame
@@ -340,6 +340,7 @@ class Monitor:
         self._grad_parts = self._parts.get("activation_grad", frozenset())
         self._active = False  # recording and not paused: the one check a hook makes
         self._traced: TracedRecords | None = None
+        self._guarding = False  # holds HookGuards
 
     # -- setup -----------------------------------------------------------------
 
@@ -368,7 +369,7 @@ class Monitor:
         if self._handles:
             raise RuntimeError("this Monitor is already attached; use it in one `with` block at a time")
         try:
-            reset_stale_compiled_code(self.model)
+            self._guarding = HookGuards.attach(self.model)
             self._traced = TracedRecords([self._sites[id(m)] for _, m in self.selection.modules],
                                          [self._sites[id(b.branch)].block for _, b in self.selection.blocks],
                                          _device(self.model))
@@ -396,6 +397,9 @@ class Monitor:
         try:
             for handle in handles:
                 handle.remove()
+            if self._guarding:
+                self._guarding = False
+                HookGuards.release()
         finally:
             state.release()
             self.flush()
@@ -632,7 +636,6 @@ class Monitor:
         for kind, rows, raw in self._traced.read(host[len(blocks):], state.order):
             earlier_rows, earlier = pending.get(kind, ([], raw[:0]))
             pending[kind] = (earlier_rows + rows, np.concatenate([earlier, raw]))
-        self._traced.clear()
         grad_norm = None
         for kind, (rows, raw) in pending.items():
             if kind == "param_grad":
