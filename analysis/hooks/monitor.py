@@ -186,10 +186,11 @@ class _StepState:
 def _first_tensor(output: Any) -> Tensor | None:
     """The output itself, or the first tensor of a tuple, list or dict; None unless a
     non-empty dense floating-point tensor."""
-    if isinstance(output, Mapping):
-        output = tuple(output.values())
-    if isinstance(output, (tuple, list)):
-        output = next((o for o in output if isinstance(o, Tensor)), None)
+    if not isinstance(output, Tensor):
+        if isinstance(output, Mapping):
+            output = tuple(output.values())
+        if isinstance(output, (tuple, list)):
+            output = next((o for o in output if isinstance(o, Tensor)), None)
     if (isinstance(output, Tensor) and output.is_floating_point() and output.layout == torch.strided
             and not output.is_nested and output.numel() and not output.is_meta):
         return output
