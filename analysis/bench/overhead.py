@@ -47,6 +47,7 @@ STAT_SETS: dict[str, list[str] | None] = {
 """Label -> the monitor's `stats=` for each measured statistic set."""
 
 DEFAULT_CADENCE = f"full set, every={DEFAULT_EVERY} (default)"
+UNRECORDED = "attached, step not recorded"
 
 TARGETS: dict[str, dict[str, float]] = {
     "cpu": {"full set": 1.15, "param_grad.norm": 1.03, "activation mean+std": 1.08, DEFAULT_CADENCE: 1.02},
@@ -151,8 +152,12 @@ def overhead(models: list[str], devices: list[torch.device], steps: int, image: 
         for key in models:
             name = MODELS[key][0]
             pair = copies(MODELS[key][1], device)
-            unrecorded = compare(pair, partial(monitored, stats=None, recorded=False), device, steps,
+            # the unrecorded ratio weighs (every - 1) / every in the default cadence: measured over 3x the steps
+            unrecorded = compare(pair, partial(monitored, stats=None, recorded=False), device, 3 * steps,
                                  inputs=inputs)
+            results.append(Result(name, device.type, UNRECORDED, unrecorded.base_median, unrecorded.ratio,
+                                  quartiles(unrecorded.ratios)[::2]))
+            _report(key, results[-1])
             base_peak = _peak_in_child(key, device, None, image) if memory else None
             for label, stat_set in STAT_SETS.items():
                 timing = compare(pair, partial(monitored, stats=stat_set, recorded=True), device, steps,
@@ -230,6 +235,28 @@ def _cell(value: float | None, digits: int = 3) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
+def where_the_time_goes(results: list[Result]) -> list[str]:
+    """Per model and device, the extra ms of a recorded full-set step split into the activation group and
+    the rest (output gradients, blocks, parameters, updates), from the measured ratios."""
+    by_key: dict[tuple[str, str], dict[str, Result]] = {}
+    for r in results:
+        by_key.setdefault((r.model, r.device), {})[r.label] = r
+    lines = []
+    for (model, device), rows in by_key.items():
+        if "full set" not in rows or "activation group" not in rows:
+            continue
+        full, activation = rows["full set"], rows["activation group"]
+        extra = full.inst_ms - full.base_ms
+        part = activation.inst_ms - activation.base_ms
+        if extra > 0:
+            lines.append(f"- {model}, {device}: a recorded full-set step adds {extra:.1f} ms; the activation group "
+                         f"alone adds {part:.1f} ms ({100 * part / extra:.0f}%), output gradients, blocks and "
+                         f"parameter statistics the other {extra - part:.1f} ms.")
+    if lines:
+        lines = ["", "Where the time goes (from the ratios above):", ""] + lines
+    return lines
+
+
 def markdown(results: list[Result], steps: int, image: int, load: tuple[float, float],
              compiled_rows: list[Compiled] = ()) -> str:
     """The results table with the conditions it was measured under and the targets."""
@@ -279,6 +306,7 @@ def markdown(results: list[Result], steps: int, image: int, load: tuple[float, f
             r = c.result
             lines.append(f"| {c.model} | {c.device} | {c.breaks} / {c.monitored_breaks} | {c.graphs} / "
                          f"{c.monitored_graphs} | {r.base_ms:.1f} | {r.ratio:.3f} | {r.spread[0]:.3f}-{r.spread[1]:.3f} |")
+    lines += where_the_time_goes(results)
     checks = [(r, TARGETS[r.device][r.label]) for r in results if r.label in TARGETS.get(r.device, {})]
     if checks:
         lines += ["", "Targets (every step unless the row says otherwise):", ""]

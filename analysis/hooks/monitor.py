@@ -215,9 +215,10 @@ def _pair(halves: dict[_Site, tuple[str, int, Tensor, Tensor]], site: _Site, cal
 
 
 def _device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer; the CPU for a model without either."""
+    """The device of the model's first parameter or buffer; the CPU for a model without either or on the
+    meta device."""
     for tensor in itertools.chain(model.parameters(), model.buffers()):
-        return tensor.device
+        return tensor.device if not tensor.is_meta else torch.device("cpu")
     return torch.device("cpu")
 
 
