@@ -131,7 +131,7 @@ def test_the_markdown_puts_each_value_in_its_column():
                         "Monitor ratio", "q1–q3", "tensors/step", "ms/tensor"]
     assert table[2] == ["TensorBoard add_histogram", "1.500", "1.400–1.600", "50", "1.0000",
                         "param_grad, weight", "1.100", "1.050–1.200", "40", "0.2000"]
-    assert table[3] == ["fastai ActivationStats", "not installed: pip install fastai==2.8.12", "", "", "",
+    assert table[3] == ["fastai ActivationStats", "not installed: pip install 'trainability-lab[bench]'", "", "", "",
                         "activation.mean", "not run", "", "", ""]
     assert table[4] == ["Cockpit economy", "failed: RuntimeError: a | b", "", "", "",
                         "param_grad.norm", "1.200", "1.000–1.300", "0", ""]
@@ -144,8 +144,9 @@ def test_the_peers_are_pinned_as_in_the_bench_extra():
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     pinned = set(extras["bench"])
     for peer in peers.PEERS.values():
-        assert set(peer.requirements) <= pinned, peer.key
-        assert peer.install_command() == "pip install " + " ".join(peer.requirements)
+        assert set(peer.distributions) <= {requirement.split("==")[0] for requirement in pinned}, peer.key
+        assert all("==" in requirement for requirement in pinned)
+        assert peer.install_command() == "pip install 'trainability-lab[bench]'"
     assert not any("bench" in requirement for requirement in extras["all"])
 
 
@@ -266,7 +267,7 @@ def test_a_missing_or_failing_peer_is_reported_and_its_counterpart_still_measure
     lines = []
     rows = peers.benchmark(["tiny"], [torch.device("cpu")], ["fastai", "wandb"], 1, tmp_path, lines.append)
     assert [(r.tool, r.peer_note, r.monitor_note) for r in rows] == [
-        ("fastai ActivationStats", "not installed: pip install fastai==2.8.12", "not run"),
+        ("fastai ActivationStats", "not installed: pip install 'trainability-lab[bench]'", "not run"),
         ("wandb.watch", "failed: RuntimeError: no | way", None),
         ("Monitor, full set", None, None),
         ("Monitor, param_grad.norm", None, None),

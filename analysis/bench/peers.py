@@ -26,7 +26,6 @@ import importlib.util
 import itertools
 import os
 import platform
-import shlex
 import statistics as stats
 import sys
 import tempfile
@@ -45,6 +44,7 @@ from torch import nn
 from analysis.bench import timing
 from analysis.bench.models import MODELS
 from analysis.bench.options import device_option, devices_for, keys, models_option, steps_option
+from analysis.extras import install_command
 from analysis.hooks import Monitor, select
 
 DEFAULT_MODELS = "resnet56,tv-resnet18"
@@ -70,8 +70,8 @@ class Peer:
     key: str
     name: str
     records: str
-    requirements: tuple[str, ...]
-    """Pinned distributions (those of the `bench` extra) the peer needs."""
+    distributions: tuple[str, ...]
+    """Distributions the peer needs, pinned in the `bench` extra."""
     modules: tuple[str, ...]
     """Import names that must be found for the peer to count as installed."""
     stats: tuple[str, ...]
@@ -82,12 +82,9 @@ class Peer:
     tensors: str = ""
     """How the tensors per step are counted."""
 
-    @property
-    def distributions(self) -> tuple[str, ...]:
-        return tuple(r.split("==")[0] for r in self.requirements)
-
-    def install_command(self) -> str:
-        return "pip install " + " ".join(shlex.quote(r) for r in self.requirements)
+    @staticmethod
+    def install_command() -> str:
+        return install_command("bench")
 
     def installed(self) -> bool:
         return all(importlib.util.find_spec(m) is not None for m in self.modules)
@@ -385,32 +382,32 @@ PEERS: dict[str, Peer] = {
         "`ActivationStats(with_hist=True)` (fastai.callback.hook): mean, std, near-zero fraction and a 40-bin "
         "histogram of the output of each leaf module with parameters, moved to the CPU per module; hooks "
         "driven without a Learner (its before_fit, after_batch, after_fit)",
-        ("fastai==2.8.12",), ("fastai",), ACTIVATION_TRIPLE, _fastai, include=leaves_with_parameters,
+        ("fastai",), ("fastai",), ACTIVATION_TRIPLE, _fastai, include=leaves_with_parameters,
         tensors="calls of the hooked modules"),
     "torchlens": Peer(
         "torchlens", "torchlens trackers.watch",
         "`torchlens.trackers.watch(signals=('activations',), every=1)` into a `TensorBoardSink`: count, mean, "
         "std, norm, min, max and zero fraction of each output of the modules the Monitor hooks by default",
-        ("torchlens==2.36.1",), ("torchlens",), ("activation",), _torchlens,
+        ("torchlens",), ("torchlens",), ("activation",), _torchlens,
         tensors="modules with activation points at the step"),
     "wandb": Peer(
         "wandb", "wandb.watch",
         "`wandb.watch(model, log='all', log_freq=1)` in an offline run (`wandb.init(mode='offline')`, "
         "`run.log` after each step): a 64-bin histogram of every parameter and every gradient",
-        ("wandb==0.31.0",), ("wandb",), PARAMS, _wandb,
+        ("wandb",), ("wandb",), PARAMS, _wandb,
         tensors="histograms logged"),
     "tensorboard": Peer(
         "tensorboard", "TensorBoard add_histogram",
         "`SummaryWriter.add_histogram` of every parameter and every gradient after each optimizer step "
         "(torch.utils.tensorboard)",
-        ("tensorboard==2.21.0",), ("tensorboard",), PARAMS, _tensorboard,
+        ("tensorboard",), ("tensorboard",), PARAMS, _tensorboard,
         tensors="histograms written"),
     "cockpit": Peer(
         "cockpit", "Cockpit economy",
         "Cockpit's 'economy' configuration (alpha, distance, 1-d gradient histogram, gradient norm, inner "
         "product, norm and orthogonality tests, loss, update size), per-sample gradients through BackPACK, "
         "in its documented training step",
-        ("cockpit-for-pytorch==1.0.2", "backpack-for-pytorch==1.7.1"), ("cockpit", "backpack"),
+        ("cockpit-for-pytorch", "backpack-for-pytorch"), ("cockpit", "backpack"),
         ("param_grad.norm", "update.ratio", "weight.norm"), _cockpit,
         tensors="per-parameter BackPACK results at the end of backward"),
 }
