@@ -46,8 +46,8 @@ DEFAULT_FLUSH_SECONDS = 5.0
 so a killed run loses at most the last few seconds of statistics."""
 
 DEFAULT_EVERY = 25
-"""Default cadence: a recorded step costs about 1.3-1.4 uninstrumented steps on a 2-core CPU,
-so one in 25 adds about 2-3% to a run (benchmarks/overhead.md)."""
+"""Default cadence: with the full statistic set a recorded step costs about 1.2-1.3 uninstrumented
+steps on a 2-core CPU, so one in 25 adds about 1-4% to a run (benchmarks/overhead.md)."""
 
 NEEDS_OPTIMIZER = ("update", "global.lr")
 
