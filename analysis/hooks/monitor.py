@@ -47,7 +47,7 @@ so a killed run loses at most the last few seconds of statistics."""
 
 DEFAULT_EVERY = 25
 """Default cadence: with the full statistic set a recorded step costs about 1.2-1.3 uninstrumented
-steps on a 2-core CPU, so one in 25 adds about 1-4% to a run (benchmarks/overhead.md)."""
+steps on a 2-core CPU, so one in 25 adds about 1% to a run (benchmarks/overhead.md)."""
 
 NEEDS_OPTIMIZER = ("update", "global.lr")
 
