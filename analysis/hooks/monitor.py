@@ -259,9 +259,10 @@ class Monitor:
     """Records per-layer statistics of `model` while used as a context manager.
 
     Args:
-        model: any nn.Module. A DistributedDataParallel wrapper is looked through: its
-            module is monitored and named as it would be unwrapped (no `module.`
-            prefix), so distributed and single-process frames line up.
+        model: any nn.Module. A `torch.compile` wrapper and a DistributedDataParallel
+            wrapper (in that order) are looked through: the module inside is monitored
+            and named as it would be unwrapped (no `_orig_mod.` or `module.` prefix), so
+            compiled, distributed and single-process frames line up.
         optimizer: when given, the monitor advances on each `optimizer.step()` (step
             hooks), reads gradients just before it and records the update it made.
             Without it, call `monitor.step()` once per training step, after backward.
@@ -305,10 +306,10 @@ class Monitor:
                 or math.isnan(flush_seconds) or flush_seconds <= 0):
             raise ValueError(f"flush_seconds must be a number of seconds > 0 (math.inf: only by rows); "
                              f"got {flush_seconds!r}")
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
         if type(model).__name__ == "OptimizedModule":  # torch.compile(model): name layers as unwrapped
             model = model._orig_mod
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
         self.model = model
         self.optimizer = optimizer
         self.every = _cadence(every)
