@@ -179,6 +179,19 @@ def _items(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+def setting(item: str, expected: str) -> tuple[str, list[Any]]:
+    """``'lr=0.1,0.01'`` -> ``('lr', [0.1, 0.01])``: one ``--set KEY=VALUE`` item, its values read by
+    :func:`yaml_items`; a ValueError says what was ``expected`` or names the key."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or not text.strip():
+        raise ValueError(f"--set: expected {expected}, got {shown(item)}")
+    try:
+        return key, yaml_items(text)
+    except ValueError as exc:
+        raise ValueError(f"--set {key}: {exc}") from None
+
+
 EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 

@@ -29,8 +29,6 @@ from analysis.frames import (ACTIVATION_STD, NORM_TYPES, VARIANTS, layer_rows, s
                              variants_in)
 from analysis.store import RunDir
 
-"""Values of the ``variants`` parameter."""
-
 STUDY_DEFAULTS: dict[str, tuple[Any, str]] = {
     "depth": (50, "deep enough for the plain network to train worse than the residual one (He et al. 2015 saw "
                   "plain networks degrade from 34 layers); TrainConfig's 20 is a quick single run"),

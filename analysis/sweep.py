@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import pandas as pd
 import yaml
 
-from analysis.checks import shown, yaml_items
+from analysis.checks import setting, shown
 from analysis.extras import require
 from analysis.frames import VARIANTS
 from analysis.locks import FolderBusy, FolderLock, holder
@@ -166,16 +166,10 @@ def parse_settings(items: Iterable[str]) -> dict[str, list[Any]]:
     """``['optimizer=sgd,adam', 'lr=0.1']`` -> ``{'optimizer': ['sgd', 'adam'], 'lr': [0.1]}``."""
     settings: dict[str, list[Any]] = {}
     for item in items:
-        key, sep, values = item.partition("=")
-        key = key.strip()
-        if not sep or not key or not values.strip():
-            raise ValueError(f"--set: expected KEY=VALUE[,VALUE...], got {shown(item)}")
+        key, values = setting(item, "KEY=VALUE[,VALUE...]")
         if key in settings:
             raise ValueError(f"--set: {key} given twice; list its values once, comma-separated")
-        try:
-            settings[key] = yaml_items(values)
-        except ValueError as exc:
-            raise ValueError(f"--set {key}: {exc}") from None
+        settings[key] = values
     return settings
 
 

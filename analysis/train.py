@@ -45,7 +45,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from analysis.checks import shown, yaml_items
+from analysis.checks import setting
 from analysis.config import ConfigError, TrainConfig
 from analysis.data import Data, load_data
 from analysis.locks import FolderBusy
@@ -504,7 +504,6 @@ def config_from(path: str | Path | None, settings: Sequence[str] = ()) -> TrainC
     """
     import yaml
 
-
     fields: dict[str, Any] = {}
     if path is not None:
         try:
@@ -515,14 +514,7 @@ def config_from(path: str | Path | None, settings: Sequence[str] = ()) -> TrainC
             raise ValueError(f"--config {path}: expected a mapping of TrainConfig fields, got {type(loaded).__name__}")
         fields.update(loaded)
     for item in settings:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key or not text.strip():
-            raise ValueError(f"--set: expected KEY=VALUE, got {shown(item)}")
-        try:
-            values = yaml_items(text)
-        except ValueError as exc:
-            raise ValueError(f"--set {key}: {exc}") from None
+        key, values = setting(item, "KEY=VALUE")
         if len(values) != 1:
             raise ValueError(f"--set {key}: expected one value, got {len(values)} (write a list as [a, b])")
         fields[key] = values[0]

@@ -9,7 +9,6 @@ both runs cancels speed differences between the copies themselves (memory placem
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import statistics as stats
 import time
@@ -74,20 +73,20 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
 
 @dataclass
 class Comparison:
-    """Per-pair step times of an uninstrumented (base) and an instrumented copy, both roles pooled."""
+    """Per-pair step times of an uninstrumented (base) and an instrumented copy, per role."""
 
     base_ms: list[float] = field(default_factory=list)
-    ratios: list[float] = field(default_factory=list)
     by_role: list[list[float]] = field(default_factory=list)
 
     @property
+    def ratios(self) -> list[float]:
+        """Every per-pair ratio, both roles pooled."""
+        return [ratio for role in self.by_role for ratio in role]
+
+    @property
     def ratio(self) -> float:
-        """Geometric mean over the two roles of the median per-pair ratio."""
-        medians = [stats.median(r) for r in self.by_role]
-        product = 1.0
-        for m in medians:
-            product *= m
-        return product ** (1 / len(medians))
+        """Geometric mean over the roles of the median per-pair ratio."""
+        return stats.geometric_mean([stats.median(role) for role in self.by_role])
 
     @property
     def base_median(self) -> float:
@@ -118,7 +117,6 @@ def compare(models: tuple[nn.Module, nn.Module], instrument: Instrument, device:
                 if i >= warmup:
                     result.base_ms.append(b)
                     ratios.append(t / b)
-        result.ratios += ratios
         result.by_role.append(ratios)
     return result
 
@@ -129,7 +127,3 @@ def copies(build: Callable[[], nn.Module], device: torch.device, seed: int = 0) 
     first = build().to(device)
     return first, copy.deepcopy(first)
 
-
-def nothing(model: nn.Module, optimizer: torch.optim.Optimizer) -> ContextManager:
-    """The empty instrument: A against A, the noise floor of a comparison."""
-    return contextlib.nullcontext()

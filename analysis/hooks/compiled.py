@@ -132,8 +132,8 @@ def compiled_parts(model: nn.Module) -> list[str]:
     found = {names[id(m)] for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None}
     wrapper = torch._dynamo.eval_frame.OptimizedModule
     wrapped = [o._orig_mod for o in gc.get_objects() if issubclass(type(o), wrapper)]  # type(): weak proxies raise
-    classes = {type(m) for m in wrapped}
-    found |= {names[id(m)] for m in model.modules() if id(m) in {id(w) for w in wrapped} or type(m) in classes}
+    wrapped_ids, classes = {id(m) for m in wrapped}, {type(m) for m in wrapped}
+    found |= {names[id(m)] for m in model.modules() if id(m) in wrapped_ids or type(m) in classes}
     return sorted(found, key=lambda name: (name != "the model", name))
 
 

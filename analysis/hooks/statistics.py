@@ -66,7 +66,7 @@ def _as_compute(x: Tensor) -> Tensor:
 def _fast_path(x: Tensor, probe: Tensor) -> bool:
     """On the CPU outside traced code, whether `probe` (a sum of squares of x) is finite: then
     x holds no NaN or inf."""
-    return x.device.type == "cpu" and not torch.compiler.is_compiling() and math.isfinite(probe.item())
+    return _probes(x) and math.isfinite(probe.item())
 
 
 def _probes(x: Tensor) -> bool:
@@ -137,7 +137,7 @@ def activation(x: Tensor, channel_dim: int, scratch: Scratch | None = None,
         counts = flags.sum(dims) if per_channel <= _EXACT_FLOAT32_COUNT else flags.sum(dims, dtype=torch.float64)
         zeros, dead = counts.sum(dtype=x.dtype), (counts == per_channel).sum(dtype=x.dtype)
     nonfinite = zero
-    if "nonfinite" in parts and not (probe and _fast_path(x, sumsq)):
+    if "nonfinite" in parts and not _fast_path(x, sumsq):
         nonfinite = _nonfinite(x)
     return torch.stack([total, sumsq, low, high, zeros, dead, nonfinite])
 
@@ -165,7 +165,7 @@ def activation_grad(g: Tensor, parts: Parts | None = None) -> Tensor:
     sumsq = sum_of_squares(g) if "sumsq" in parts or probe else zero
     low, high = torch.aminmax(g) if "minmax" in parts else (zero, zero)
     nonfinite = zero
-    if "nonfinite" in parts and not (probe and _fast_path(g, sumsq)):
+    if "nonfinite" in parts and not _fast_path(g, sumsq):
         nonfinite = _nonfinite(g)
     return torch.stack([sumsq, low, high, nonfinite])
 
@@ -200,7 +200,7 @@ def param_grad(grads: list[Tensor], parts: Parts | None = None) -> Tensor:
     norms = _norms(grads) if "norm" in parts or probe else zeros
     absmax = _absmax(grads).to(zeros.dtype) if "absmax" in parts else zeros
     nonfinite = zeros
-    if "nonfinite" in parts and not (probe and _fast_path(norms, norms.sum())):
+    if "nonfinite" in parts and not _fast_path(norms, norms.sum()):
         nonfinite = torch.stack([_nonfinite(g) for g in grads]).to(zeros.dtype)
     return torch.stack([norms, absmax, nonfinite], dim=1)
 
