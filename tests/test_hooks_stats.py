@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.hooks import Monitor, statistics
+from analysis.hooks import Monitor, one_pass, statistics
 
 
 class Block(nn.Module):
@@ -96,11 +96,11 @@ def reference_grad(t: torch.Tensor) -> dict[str, float]:
             "nonfinite": float((~np.isfinite(a)).sum())}
 
 
-def run_recorded(dtype: torch.dtype, device: str = "cpu", steps: int = 2):
+def run_recorded(dtype: torch.dtype, device: str = "cpu", steps: int = 2, image: int = 8):
     torch.manual_seed(0)
     model = Net().to(device, dtype)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    x = torch.randn(4, 3, 8, 8, dtype=dtype).to(device)
+    x = torch.randn(4, 3, image, image, dtype=dtype).to(device)
     y = torch.tensor([0, 1, 2, 0], device=device)
     captured = []
     with Monitor(model, optimizer=optimizer, every=1) as monitor:
@@ -134,8 +134,15 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 @pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
-def test_every_statistic_matches_direct_computation(dtype, atol, device):
-    frame, captured = run_recorded(dtype, device)
+@pytest.mark.parametrize("image", [8, 64])  # 64: conv outputs of one_pass.MIN_NUMEL elements, read in one pass
+def test_every_statistic_matches_direct_computation(dtype, atol, device, image, monkeypatch):
+    one_pass_results = []
+    monkeypatch.setattr(statistics, "one_pass_rows", lambda *args: one_pass_results.append(
+        one_pass.rows(*args)) or one_pass_results[-1])
+    frame, captured = run_recorded(dtype, device, image=image)
+    # 9 conv-sized outputs a step: the stem's 3, the branch's 5 and block.relu (the others repeat a tensor)
+    assert len(one_pass_results) == (0 if image == 8 else 2 * 9)
+    assert all(rows is not None for rows in one_pass_results)
     rtol = 1e-5
     assert sorted(frame.step.unique()) == [0, 1]
     for step, (recorder, snap) in enumerate(captured):

@@ -279,6 +279,9 @@ class Monitor:
             to record; None records all (update and lr need the optimizer).
         first_step: number of the first step (0 by default; a training loop that counts
             optimizer steps from 1 passes 1 so both numberings agree).
+        one_pass: read each big module output once, in a kernel that `torch.compile` compiles at the
+            first recorded step, where two or more of its raw reductions are asked for
+            (`analysis.hooks.one_pass`); False keeps to one stock operation per reduction.
     """
 
     def __init__(
@@ -294,6 +297,7 @@ class Monitor:
         flush_rows: int = 100_000,
         flush_seconds: float = DEFAULT_FLUSH_SECONDS,
         first_step: int = 0,
+        one_pass: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}")
@@ -323,6 +327,9 @@ class Monitor:
             raise ValueError(f"first_step must be an int >= 0; got {first_step!r}")
         self.first_step = first_step
         self.current_step = first_step
+        if not isinstance(one_pass, bool):
+            raise ValueError(f"one_pass must be True or False; got {one_pass!r}")
+        self.one_pass = one_pass
         self._writer = PartWriter(self.path, self.rank) if self.path is not None else None
         self._flushed_at = time.monotonic()
         self._paused = 0
@@ -556,7 +563,7 @@ class Monitor:
         if (cached is not None and version is not None and cached[0]() is out and cached[1] == version
                 and cached[2] == channel_dim):
             return cached[3]
-        raw = statistics.activation(out, channel_dim, state.scratch, self._activation_parts)
+        raw = statistics.activation(out, channel_dim, state.scratch, self._activation_parts, self.one_pass)
         if version is not None:
             state.outputs[id(out)] = (weakref.ref(out), version, channel_dim, raw)
         return raw

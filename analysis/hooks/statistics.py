@@ -10,12 +10,15 @@ Each group is a pair of small functions, in the spirit of Cockpit's quantities:
 
 Work is in proportion to what is asked: each reduce function takes the *parts* of
 its raw vector that the requested statistics need (`Kind.needs`) and skips every
-other pass; an unrequested column of the raw vector holds 0. The passes over a big
-tensor are one sum, one sum of squares (a BLAS dot product), one min/max and one
-count of zeros per channel (through a reused buffer). On the CPU non-finite values
-are only counted when the sum of squares is non-finite (a free scalar check there);
-on other devices, and inside code that `torch.compile` traces, they are counted
-every time, since a check would cost a host synchronisation (or a graph break).
+other pass; an unrequested column of the raw vector holds 0. With `one_pass=True`, a
+request of two or more activation parts on a big contiguous output runs as one compiled
+pass (`analysis.hooks.one_pass`). Otherwise, and where that cannot compile, the passes over
+a tensor are stock operations: one sum, one sum of squares (a BLAS dot product), one
+min/max and one count of zeros per channel (through a reused buffer). On the CPU
+non-finite values are then only counted when the sum of squares is non-finite (a
+free scalar check there); on other devices, and inside code that `torch.compile`
+traces, they are counted every time, since a check would cost a host
+synchronisation (or a graph break).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 import torch
 from torch import Tensor
+
+from analysis.hooks.one_pass import MAX_ROW, MIN_NUMEL, rows as one_pass_rows
 
 ACTIVATION = ("mean", "std", "rms", "absmax", "zero_fraction", "dead_fraction", "nonfinite")
 ACTIVATION_GRAD = ("rms", "absmax", "nonfinite")
@@ -110,17 +115,37 @@ class Scratch:
         self._buffers.clear()
 
 
+# Passes over an output that each part of `activation` costs with stock operations.
+_STOCK_PASSES = {"sum": 1, "sumsq": 1, "minmax": 1, "zeros": 2, "nonfinite": 1}
+
+
+def _one_pass_rows(x: Tensor, parts: Parts) -> Tensor | None:
+    """`one_pass.rows` of an output with channels on dim 1 viewed as (batch x channels, the rest); None where
+    the stock passes serve: parts that cost one stock pass, a small or non-contiguous tensor, traced code, or
+    no compiler."""
+    if (sum(_STOCK_PASSES.get(part, 0) for part in parts) < 2 or x.numel() < MIN_NUMEL or not x.is_contiguous()
+            or torch.compiler.is_compiling() or x.numel() // (x.shape[0] * x.shape[1]) > MAX_ROW):
+        return None
+    return one_pass_rows(x.view(x.shape[0] * x.shape[1], -1), compute_dtype(x.dtype))
+
+
 def activation(x: Tensor, channel_dim: int, scratch: Scratch | None = None,
-               parts: Parts | None = None) -> Tensor:
+               parts: Parts | None = None, one_pass: bool = False) -> Tensor:
     """Raw reductions of a module output: [sum, sum of squares, min, max, zeros, dead, nonfinite].
 
     `zeros` counts elements == 0, `dead` counts channels (slices along
     `channel_dim`) whose elements are all exactly zero over the whole batch.
     Only the columns of `parts` ("sum", "sumsq", "minmax", "zeros" for zeros and
-    dead, "nonfinite") are computed; the others hold 0. Passes over x: sum, sum of
-    squares, min/max, and x == 0 written into `scratch` then summed per channel.
+    dead, "nonfinite") are computed; the others hold 0. With `one_pass`, an output of
+    three or more dims with channels on dim 1 is read once (see `_one_pass_rows`); else
+    the passes over x are: sum, sum of squares, min/max, and x == 0 written into
+    `scratch` then summed per channel.
     """
     parts = ALL_PARTS if parts is None else parts
+    if one_pass and x.dim() > 2 and channel_dim % x.dim() == 1:
+        rows = _one_pass_rows(x.detach(), parts)
+        if rows is not None:
+            return _activation_from_rows(rows, x.shape[0], x.numel() // x.shape[1], parts)
     x = _as_compute(x)
     if x.dim() < 2:
         x, channel_dim = x.reshape(1, -1), 1
@@ -142,6 +167,21 @@ def activation(x: Tensor, channel_dim: int, scratch: Scratch | None = None,
     return torch.stack([total, sumsq, low, high, zeros, dead, nonfinite])
 
 
+def _activation_from_rows(rows: Tensor, batch: int, per_channel: int, parts: Parts) -> Tensor:
+    """`activation`'s raw vector from the per-row reductions of an output viewed as (batch x channels, rest),
+    `per_channel` elements in each channel."""
+    totals = rows.sum(1)
+    zero = totals.new_zeros(())
+    low = rows[2].amin() if "minmax" in parts else zero
+    high = rows[3].amax() if "minmax" in parts else zero
+    zeros = dead = zero
+    if "zeros" in parts:
+        counts = rows[4].view(batch, -1).sum(0, dtype=torch.float64)  # per channel
+        zeros, dead = counts.sum().to(zero.dtype), (counts == per_channel).sum().to(zero.dtype)
+    return torch.stack([totals[0] if "sum" in parts else zero, totals[1] if "sumsq" in parts else zero,
+                        low, high, zeros, dead, totals[5] if "nonfinite" in parts else zero])
+
+
 def finish_activation(raw: np.ndarray, numel: np.ndarray, channels: np.ndarray) -> np.ndarray:
     """mean = sum/n; rms = sqrt(sum(x^2)/n); std = sqrt(rms^2 - mean^2) (population);
     absmax = max(-min, max); zero_fraction = #(x == 0)/n; dead_fraction = dead/channels."""
@@ -157,6 +197,8 @@ def activation_grad(g: Tensor, parts: Parts | None = None) -> Tensor:
     """Raw reductions of the gradient w.r.t. a module output: [sum of squares, min, max, nonfinite].
 
     Only the columns of `parts` ("sumsq", "minmax", "nonfinite") are computed; the others hold 0.
+    Two stock passes at most (a gradient arrives cache-warm, where they cost about what one compiled
+    pass does, without its fixed cost per call).
     """
     parts = ALL_PARTS if parts is None else parts
     g = _as_compute(g)
