@@ -80,6 +80,7 @@ def test_stock_operations_serve_where_one_pass_would_not_pay():
     assert not passes(x, full) & {"aminmax", "dot"}  # read once: no stock min/max or dot product
     assert "aminmax" in passes(x[:8], full)  # below MIN_NUMEL
     assert "aminmax" in passes(x.transpose(2, 3), full)  # not contiguous
+    assert "aminmax" in passes(x.reshape(16, 256, 4, 4), full)  # rows of 16 < MIN_ROW elements
     assert passes(x, frozenset({"sum"})) & {"amin", "amax", "aminmax", "eq"} == set()  # one stock pass
     sequence = x.flatten(2).transpose(1, 2).contiguous()  # (batch, positions, channels)
     assert "aminmax" in passes(sequence, full, channel_dim=-1)

@@ -31,7 +31,8 @@ class OpLog(TorchDispatchMode):
 
 def added_passes(stats: list[str] | None) -> dict[str, int]:
     """Whole-tensor passes a recorded step adds: the ops of a monitored step minus those of the same step
-    without a monitor (a conv, a ReLU and a linear layer: 3 hooked modules, 4 parameters)."""
+    without a monitor (a conv, a ReLU and a linear layer: 3 hooked modules, 4 parameters). The outputs are
+    smaller than `one_pass.MIN_NUMEL`, so these are the stock passes (`test_hooks_one_pass` has the other)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
     x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])

@@ -1,11 +1,11 @@
-"""python -m analysis.bench {overhead,peak,peers} ...: see analysis.bench."""
+"""python -m analysis.bench {overhead,peak,peers,reductions} ...: see analysis.bench."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from analysis.bench import overhead, peers
+from analysis.bench import overhead, peers, reductions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,6 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     overhead.add_parser(commands)
     peers.add_parser(commands)
+    reductions.add_parser(commands)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from analysis.hooks.one_pass import MAX_ROW, MIN_NUMEL, rows as one_pass_rows
+from analysis.hooks.one_pass import MAX_ROW, MIN_NUMEL, MIN_ROW, rows as one_pass_rows
 
 ACTIVATION = ("mean", "std", "rms", "absmax", "zero_fraction", "dead_fraction", "nonfinite")
 ACTIVATION_GRAD = ("rms", "absmax", "nonfinite")
@@ -121,12 +121,13 @@ _STOCK_PASSES = {"sum": 1, "sumsq": 1, "minmax": 1, "zeros": 2, "nonfinite": 1}
 
 def _one_pass_rows(x: Tensor, parts: Parts) -> Tensor | None:
     """`one_pass.rows` of an output with channels on dim 1 viewed as (batch x channels, the rest); None where
-    the stock passes serve: parts that cost one stock pass, a small or non-contiguous tensor, traced code, or
-    no compiler."""
+    the stock passes serve: parts that cost one stock pass, a small or non-contiguous tensor, short rows,
+    traced code, or no compiler."""
+    row = x.numel() // max(x.shape[0] * x.shape[1], 1)
     if (sum(_STOCK_PASSES.get(part, 0) for part in parts) < 2 or x.numel() < MIN_NUMEL or not x.is_contiguous()
-            or torch.compiler.is_compiling() or x.numel() // (x.shape[0] * x.shape[1]) > MAX_ROW):
+            or not MIN_ROW <= row <= MAX_ROW or torch.compiler.is_compiling()):
         return None
-    return one_pass_rows(x.view(x.shape[0] * x.shape[1], -1), compute_dtype(x.dtype))
+    return one_pass_rows(x.view(-1, row), compute_dtype(x.dtype))
 
 
 def activation(x: Tensor, channel_dim: int, scratch: Scratch | None = None,
