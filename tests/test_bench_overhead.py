@@ -50,6 +50,8 @@ def test_a_small_run_measures_every_statistic_set(monkeypatch):
     (["overhead", "--steps", "0"], "--steps must be an integer >= 1; got '0'"),
     (["overhead", "--image", "16"], "--image must be an integer >= 32; got '16'"),
     (["overhead", "--device", "tpu"], "--device must be one of cpu, cuda, auto; got 'tpu'"),
+    (["reductions", "--calls", "0"], "--calls must be an integer >= 1; got '0'"),
+    (["reductions", "--device", "tpu"], "--device must be one of cpu, cuda, auto; got 'tpu'"),
 ])
 def test_invalid_options_name_themselves(argv, message, capsys):
     with pytest.raises(SystemExit) as exited:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from analysis.bench import reductions
-from analysis.bench.__main__ import main
 from analysis.hooks import one_pass
 
 
@@ -21,14 +19,3 @@ def test_the_table_gives_each_size_and_ratio():
     text = reductions.markdown([("cpu", (64, 16, 32, 32), 150.0, 420.0)], calls=40)
     assert "| cpu | 64x16x32x32 | 1,048,576 | 150 | 420 | 2.80 |" in text
     assert "median of 40 calls each" in text
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["reductions", "--calls", "0"], "--calls must be an integer >= 1; got '0'"),
-    (["reductions", "--device", "tpu"], "--device must be one of cpu, cuda, auto; got 'tpu'"),
-])
-def test_invalid_options_name_themselves(argv, message, capsys):
-    with pytest.raises(SystemExit) as exited:
-        main(argv)
-    assert exited.value.code == 2
-    assert message in capsys.readouterr().err

@@ -43,7 +43,7 @@ COLUMNS = ("sum", "sumsq", "minmax", "minmax", "zeros", "zeros", "nonfinite")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("stats", [None, ["activation.mean", "activation.std"], ["activation.dead_fraction"],
+@pytest.mark.parametrize("stats", [None, ["activation.mean", "activation.zero_fraction"], ["activation.dead_fraction"],
                                    ["activation.absmax", "activation.nonfinite"]])
 def test_one_pass_raw_vector_equals_stock_ops(dtype, stats):
     parts = statistics.ALL_PARTS if stats is None else statistics.KINDS["activation"].parts(
@@ -82,6 +82,8 @@ def test_stock_operations_serve_where_one_pass_would_not_pay():
     assert "aminmax" in passes(x.transpose(2, 3), full)  # not contiguous
     assert "aminmax" in passes(x.reshape(16, 256, 4, 4), full)  # rows of 16 < MIN_ROW elements
     assert passes(x, frozenset({"sum"})) & {"amin", "amax", "aminmax", "eq"} == set()  # one stock pass
+    assert "dot" in passes(x, frozenset({"sum", "sumsq"}))  # two passes as fast as the one pass
+    assert "aminmax" not in passes(x, frozenset({"minmax", "nonfinite"}))  # min/max and the CPU's probe
     sequence = x.flatten(2).transpose(1, 2).contiguous()  # (batch, positions, channels)
     assert "aminmax" in passes(sequence, full, channel_dim=-1)
 

@@ -11,8 +11,8 @@ Each group is a pair of small functions, in the spirit of Cockpit's quantities:
 Work is in proportion to what is asked: each reduce function takes the *parts* of
 its raw vector that the requested statistics need (`Kind.needs`) and skips every
 other pass; an unrequested column of the raw vector holds 0. With `one_pass=True`, a
-request of two or more activation parts on a big contiguous output runs as one compiled
-pass (`analysis.hooks.one_pass`). Otherwise, and where that cannot compile, the passes over
+request that includes min/max or zero counting on a big contiguous output runs as one
+compiled pass (`analysis.hooks.one_pass`). Otherwise, and where that cannot compile, the passes over
 a tensor are stock operations: one sum, one sum of squares (a BLAS dot product), one
 min/max and one count of zeros per channel (through a reused buffer). On the CPU
 non-finite values are then only counted when the sum of squares is non-finite (a
@@ -117,15 +117,19 @@ class Scratch:
 
 # Passes over an output that each part of `activation` costs with stock operations.
 _STOCK_PASSES = {"sum": 1, "sumsq": 1, "minmax": 1, "zeros": 2, "nonfinite": 1}
+# Parts whose stock passes are bound by compute (about a third of a sum's speed on a just-written, cache-warm
+# output): without one of them the stock sum and dot product are as fast as the one pass.
+_SLOW_PARTS = frozenset({"minmax", "zeros"})
 
 
 def _one_pass_rows(x: Tensor, parts: Parts) -> Tensor | None:
     """`one_pass.rows` of an output with channels on dim 1 viewed as (batch x channels, the rest); None where
-    the stock passes serve: parts that cost one stock pass, a small or non-contiguous tensor, short rows,
-    traced code, or no compiler."""
+    the stock passes serve: parts that cost one stock pass or none of `_SLOW_PARTS`, a small or non-contiguous
+    tensor, short rows, traced code, or no compiler."""
     row = x.numel() // max(x.shape[0] * x.shape[1], 1)
-    if (sum(_STOCK_PASSES.get(part, 0) for part in parts) < 2 or x.numel() < MIN_NUMEL or not x.is_contiguous()
-            or not MIN_ROW <= row <= MAX_ROW or torch.compiler.is_compiling()):
+    if (not parts & _SLOW_PARTS or sum(_STOCK_PASSES.get(part, 0) for part in parts) < 2
+            or x.numel() < MIN_NUMEL or not x.is_contiguous() or not MIN_ROW <= row <= MAX_ROW
+            or torch.compiler.is_compiling()):
         return None
     return one_pass_rows(x.view(-1, row), compute_dtype(x.dtype))
 
