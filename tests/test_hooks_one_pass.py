@@ -17,7 +17,7 @@ from tests.test_hooks_work import OpLog
 def big_output(dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """A post-ReLU conv-shaped output of one_pass.MIN_NUMEL elements with a dead channel."""
     torch.manual_seed(0)
-    x = torch.relu(torch.randn(16, 4, 32, 32)).to(dtype)
+    x = torch.relu(torch.randn(16, 8, 64, 64)).to(dtype)
     x[:, 2] = 0
     return x
 
@@ -80,7 +80,7 @@ def test_stock_operations_serve_where_one_pass_would_not_pay():
     assert not passes(x, full) & {"aminmax", "dot"}  # read once: no stock min/max or dot product
     assert "aminmax" in passes(x[:8], full)  # below MIN_NUMEL
     assert "aminmax" in passes(x.transpose(2, 3), full)  # not contiguous
-    assert "aminmax" in passes(x.reshape(16, 256, 4, 4), full)  # rows of 16 < MIN_ROW elements
+    assert "aminmax" in passes(x.reshape(16, 2048, 4, 4), full)  # rows of 16 < MIN_ROW elements
     assert passes(x, frozenset({"sum"})) & {"amin", "amax", "aminmax", "eq"} == set()  # one stock pass
     assert "dot" in passes(x, frozenset({"sum", "sumsq"}))  # two passes as fast as the one pass
     assert "aminmax" not in passes(x, frozenset({"minmax", "nonfinite"}))  # min/max and the CPU's probe
@@ -107,7 +107,7 @@ def test_a_failed_compilation_warns_once_and_falls_back(monkeypatch):
 def test_monitor_one_pass_matches_stock_and_is_validated():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
-    x = torch.randn(16, 3, 32, 32)
+    x = torch.randn(16, 3, 64, 128)  # outputs of one_pass.MIN_NUMEL elements
     frames = []
     for flag in (True, False):
         with Monitor(model, every=1, stats="activation", one_pass=flag) as monitor:

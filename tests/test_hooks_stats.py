@@ -134,7 +134,7 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 @pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
-@pytest.mark.parametrize("image", [8, 64])  # 64: conv outputs of one_pass.MIN_NUMEL elements, read in one pass
+@pytest.mark.parametrize("image", [8, 182])  # 182: conv outputs of at least one_pass.MIN_NUMEL elements, one pass
 def test_every_statistic_matches_direct_computation(dtype, atol, device, image, monkeypatch):
     one_pass_results = []
     monkeypatch.setattr(statistics, "one_pass_rows", lambda *args: one_pass_results.append(
@@ -143,7 +143,7 @@ def test_every_statistic_matches_direct_computation(dtype, atol, device, image, 
     # 9 conv-sized outputs a step: the stem's 3, the branch's 5 and block.relu (the others repeat a tensor)
     assert len(one_pass_results) == (0 if image == 8 else 2 * 9)
     assert all(rows is not None for rows in one_pass_results)
-    rtol = 1e-5
+    rtol = 1e-4 if image > 8 and dtype == torch.float32 else 1e-5  # float32 sums of 530 thousand elements
     assert sorted(frame.step.unique()) == [0, 1]
     for step, (recorder, snap) in enumerate(captured):
         rows = frame[frame.step == step]

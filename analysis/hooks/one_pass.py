@@ -1,17 +1,17 @@
 """One-pass reductions of big tensors, compiled by `torch.compile` (C++ with OpenMP on the CPU, Triton on CUDA).
 
-With stock ATen ops each raw statistic of a tensor is its own memory-bound pass (a sum, a
-dot product, a min/max, a comparison and its per-channel count). Here one kernel reads
-each element once and writes six numbers per row of a 2-D view: on a 2-core CPU, 118 us
-per million float32 elements against about 310 us for the stock passes (cold cache).
+With stock ATen ops each raw statistic of a tensor is its own pass (a sum, a dot product,
+a min/max, a comparison and its per-channel count). Here one kernel reads each element
+once and writes six numbers per row of a 2-D view (`python -m analysis.bench reductions`
+times both per tensor size: `benchmarks/one-pass.md`).
 
 Used from eager code only (inside traced code the stock formulas are fused by the
 model's own compiler), for tensors of at least `MIN_NUMEL` elements in rows of at least
-`MIN_ROW`, below which the compiled call's fixed cost, or its per-row results,
-outweigh the saved passes. It compiles once per device
-type and dtype (dynamic shapes: about 2-3 s, less with the inductor cache warm). Where
-it cannot compile (no C++ compiler, an unsupported device), a warning says why, once
-per device type, and the caller's stock ops serve.
+`MIN_ROW`, below which the compiled call's fixed cost, or its per-row results, outweigh
+the saved passes. It compiles once per device type and dtype (dynamic shapes: about
+2-3 s, less with the inductor cache warm). Where it cannot compile (no C++ compiler, an
+unsupported device), a warning says why, once per device type, and the caller's stock
+ops serve.
 """
 
 from __future__ import annotations
@@ -21,12 +21,17 @@ import warnings
 import torch
 from torch import Tensor
 
-MIN_NUMEL = 1 << 16
-"""Smallest tensor reduced in one compiled pass (the crossover measured on a 2-core CPU)."""
+MIN_NUMEL = 1 << 19
+"""Smallest tensor reduced in one compiled pass. Measured on a 2-core CPU over several runs (cold data, data
+just written by a ReLU or a conv, outputs inside a ResNet-56 step), the one pass read 260 thousand elements
+0.85-0.98x as fast as the stock passes, 520 thousand 0.82-1.53x (median 1.13), a million 0.91-1.55x
+(median 1.28) and 3 million or more 1.6-5.5x: its fixed cost per call weighs on small tensors."""
+
 
 MIN_ROW = 64
-"""Shortest row: with shorter rows (a conv output of 4x4 or smaller) the per-row results cost more than the
-saved passes (measured: 16-element rows 0.8-0.9x the stock passes' speed, 64-element rows 1.2-1.6x)."""
+"""Shortest row: with shorter rows (a conv output smaller than 8x8) the per-row results cost more than the
+saved passes (measured on cold data: 16-element rows 0.8-0.9x the stock passes' speed, 64-element rows
+1.2-1.6x)."""
 
 MAX_ROW = 1 << 24
 """Longest row: per-row counts are summed in float32, exact up to 2**24."""
