@@ -46,8 +46,8 @@ DEFAULT_FLUSH_SECONDS = 5.0
 so a killed run loses at most the last few seconds of statistics."""
 
 DEFAULT_EVERY = 25
-"""Default cadence: with the full statistic set a recorded step costs about 1.2-1.3 uninstrumented
-steps on a 2-core CPU, so one in 25 adds about 1% to a run (benchmarks/overhead.md)."""
+"""Default cadence: with the full statistic set a recorded step costs about 1.35-1.42 uninstrumented
+steps on a 2-core CPU, so one in 25 adds 1-2% to a run (benchmarks/overhead.md)."""
 
 NEEDS_OPTIMIZER = ("update", "global.lr")
 
