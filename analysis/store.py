@@ -21,6 +21,7 @@ record: a trainer that takes the run over starts it afresh.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -98,6 +99,12 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 def write_parquet_atomic(df: pd.DataFrame, path: str | Path) -> None:
     """Write a DataFrame to Parquet (pyarrow) atomically."""
     atomic_write_bytes(path, df.to_parquet(engine="pyarrow", index=False))
+
+
+def read_parquet_whole(path: str | Path) -> pd.DataFrame:
+    """A Parquet file read in one go from one open file: a writer replacing it meanwhile (temp + rename)
+    cannot mix two versions, as a reader that opens the path again for each part can."""
+    return pd.read_parquet(io.BytesIO(Path(path).read_bytes()))
 
 
 def utc_now() -> str:
@@ -213,7 +220,7 @@ class RunDir:
     def read_metrics(self) -> pd.DataFrame:
         if not self.metrics_path.exists():
             return metrics_frame([])
-        return pd.read_parquet(self.metrics_path)
+        return read_parquet_whole(self.metrics_path)
 
 
 def metrics_frame(rows: list[tuple[int, str, str, float]]) -> pd.DataFrame:
@@ -290,7 +297,7 @@ def load_runs(root: str | Path) -> pd.DataFrame:
         try:
             record = _flat_record(observed(json.loads((path / CONFIG_FILE).read_text()), path))
             metrics_path = path / METRICS_FILE
-            metrics = pd.read_parquet(metrics_path) if metrics_path.exists() else metrics_frame([])
+            metrics = read_parquet_whole(metrics_path) if metrics_path.exists() else metrics_frame([])
         except Exception as exc:  # any unreadable file is reported, not fatal
             unreadable[path.name] = f"{type(exc).__name__}: {exc}"
             warnings.warn(f"skipping unreadable run {path}: {unreadable[path.name]}", stacklevel=2)

@@ -1,5 +1,6 @@
 import json
 import os
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -114,3 +115,28 @@ def test_list_runs_notes_the_world_size(tmp_path):
         run.start({"depth": 8}, **extra)
         run.update(status="complete")
     assert list_runs(tmp_path).set_index("run_id")["world_size"].to_dict() == {"ddp": 2, "old": 1}
+
+
+def test_metrics_read_while_a_writer_replaces_them_come_whole(tmp_path):
+    run = RunDir(tmp_path, "r1")
+    stop, written = threading.Event(), []
+
+    def write() -> None:
+        rows = []
+        while not stop.is_set():
+            rows.append((len(rows), "train", "loss", float(len(rows))))
+            run.write_metrics(rows)
+            written.append(len(rows))
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        seen = set()
+        while len(written) < 40:  # 40 replacements of the file, read back-to-back meanwhile
+            metrics = run.read_metrics()
+            assert metrics["step"].tolist() == list(range(len(metrics)))
+            seen.add(len(metrics))
+    finally:
+        stop.set()
+        writer.join()
+    assert len(seen) > 2  # the reads met several versions
