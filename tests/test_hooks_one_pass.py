@@ -89,7 +89,7 @@ def test_stock_operations_serve_where_one_pass_would_not_pay():
 
 
 def test_a_failed_compilation_warns_once_and_falls_back(monkeypatch):
-    def broken(*args):
+    def broken():
         raise RuntimeError("no C++ compiler found\nmore detail")
 
     monkeypatch.setattr(one_pass, "_compiled", broken)

@@ -16,7 +16,9 @@ ops serve.
 
 from __future__ import annotations
 
+import functools
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -46,7 +48,12 @@ def _rows(v: Tensor, dtype: torch.dtype) -> Tensor:
                         (x == 0).sum(1, dtype=dtype), torch.isfinite(x).logical_not().sum(1, dtype=dtype)])
 
 
-_compiled = torch.compile(_rows, dynamic=True)
+@functools.cache
+def _compiled() -> Callable[[Tensor, torch.dtype], Tensor]:
+    """`_rows` under `torch.compile`, made on first use (importing Dynamo takes a second or more)."""
+    return torch.compile(_rows, dynamic=True)
+
+
 _unavailable: set[str] = set()
 
 
@@ -61,7 +68,7 @@ def rows(v: Tensor, dtype: torch.dtype) -> Tensor | None:
         return None
     try:
         with torch.no_grad():
-            return _compiled(v, dtype)
+            return _compiled()(v, dtype)
     except Exception as error:  # compilation failed: no compiler, an unsupported device or dtype
         _unavailable.add(device)
         reason = (str(error).strip().splitlines() or [""])[0][:200]
