@@ -101,12 +101,6 @@ def write_parquet_atomic(df: pd.DataFrame, path: str | Path) -> None:
     atomic_write_bytes(path, df.to_parquet(engine="pyarrow", index=False))
 
 
-def read_parquet_whole(path: str | Path) -> pd.DataFrame:
-    """A Parquet file read in one go from one open file: a writer replacing it meanwhile (temp + rename)
-    cannot mix two versions, as a reader that opens the path again for each part can."""
-    return pd.read_parquet(io.BytesIO(Path(path).read_bytes()))
-
-
 def utc_now() -> str:
     """The current time as an ISO 8601 UTC string."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -154,8 +148,6 @@ class RunDir:
 
     def save_model(self, state_dict: dict[str, Any]) -> None:
         """Write the model's weights atomically (CPU tensors, so any machine can read them)."""
-        import io
-
         import torch
 
         buffer = io.BytesIO()
@@ -218,9 +210,11 @@ class RunDir:
         write_parquet_atomic(metrics_frame(rows), self.metrics_path)
 
     def read_metrics(self) -> pd.DataFrame:
+        """The metrics, read in one go from one open file: a trainer replacing them meanwhile (temp + rename)
+        cannot mix two versions, as a reader that opens the path again for each part can."""
         if not self.metrics_path.exists():
             return metrics_frame([])
-        return read_parquet_whole(self.metrics_path)
+        return pd.read_parquet(io.BytesIO(self.metrics_path.read_bytes()))
 
 
 def metrics_frame(rows: list[tuple[int, str, str, float]]) -> pd.DataFrame:
@@ -296,8 +290,7 @@ def load_runs(root: str | Path) -> pd.DataFrame:
     for path in run_dirs(root):
         try:
             record = _flat_record(observed(json.loads((path / CONFIG_FILE).read_text()), path))
-            metrics_path = path / METRICS_FILE
-            metrics = read_parquet_whole(metrics_path) if metrics_path.exists() else metrics_frame([])
+            metrics = RunDir(path.parent, path.name).read_metrics()
         except Exception as exc:  # any unreadable file is reported, not fatal
             unreadable[path.name] = f"{type(exc).__name__}: {exc}"
             warnings.warn(f"skipping unreadable run {path}: {unreadable[path.name]}", stacklevel=2)

@@ -14,12 +14,13 @@ import itertools
 import os
 import platform
 import statistics as stats
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from analysis.bench.options import device_option, devices_for, positive
+from analysis.bench.timing import timed
 from analysis.hooks import statistics
 from analysis.hooks.one_pass import MIN_NUMEL
 
@@ -48,14 +49,9 @@ def time_calls(shape: tuple[int, ...], calls: int, device: torch.device,
     for i in range(calls + 2):
         for one_pass, written in VARIANTS if i % 2 == 0 else VARIANTS[::-1]:
             x = torch.relu(next(pool)) if written else next(pool)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            statistics.activation(x, 1, scratch, None, one_pass)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            ms = timed(partial(statistics.activation, x, 1, scratch, None, one_pass), device)
             if i >= 2:  # the first rounds compile and warm up
-                times[(one_pass, written)].append((time.perf_counter() - start) * 1e6)
+                times[(one_pass, written)].append(ms * 1e3)
     return {variant: stats.median(values) for variant, values in times.items()}
 
 

@@ -280,8 +280,8 @@ class Monitor:
         first_step: number of the first step (0 by default; a training loop that counts
             optimizer steps from 1 passes 1 so both numberings agree).
         one_pass: read each big module output once, in a kernel that `torch.compile` compiles at the
-            first recorded step, where two or more of its raw reductions are asked for
-            (`analysis.hooks.one_pass`); False keeps to one stock operation per reduction.
+            first recorded step, where min/max or zero counts are asked for (`analysis.hooks.one_pass`);
+            False keeps to one stock operation per reduction.
     """
 
     def __init__(

@@ -29,7 +29,6 @@ just written by a ReLU or a conv, outputs inside a ResNet-56 step), the one pass
 0.85-0.98x as fast as the stock passes, 520 thousand 0.82-1.53x (median 1.13), a million 0.91-1.55x
 (median 1.28) and 3 million or more 1.6-5.5x: its fixed cost per call weighs on small tensors."""
 
-
 MIN_ROW = 64
 """Shortest row: with shorter rows (a conv output smaller than 8x8) the per-row results cost more than the
 saved passes (measured on cold data: 16-element rows 0.8-0.9x the stock passes' speed, 64-element rows

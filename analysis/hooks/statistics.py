@@ -12,9 +12,9 @@ Work is in proportion to what is asked: each reduce function takes the *parts* o
 its raw vector that the requested statistics need (`Kind.needs`) and skips every
 other pass; an unrequested column of the raw vector holds 0. With `one_pass=True`, a
 request that includes min/max or zero counting on a big contiguous output runs as one
-compiled pass (`analysis.hooks.one_pass`). Otherwise, and where that cannot compile, the passes over
-a tensor are stock operations: one sum, one sum of squares (a BLAS dot product), one
-min/max and one count of zeros per channel (through a reused buffer). On the CPU
+compiled pass (`analysis.hooks.one_pass`). Otherwise, and where that cannot compile,
+the passes over a tensor are stock operations: one sum, one sum of squares (a BLAS dot
+product), one min/max and one count of zeros per channel (through a reused buffer). On the CPU
 non-finite values are then only counted when the sum of squares is non-finite (a
 free scalar check there); on other devices, and inside code that `torch.compile`
 traces, they are counted every time, since a check would cost a host
